@@ -1,0 +1,281 @@
+"""`roomd` command line (contract §1). Exit codes: 0 ok, 1 runtime failure, 2 usage or config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .daemon.config import ConfigError, SiteConfig, default_config_path, load_config
+
+log = logging.getLogger("roomd")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # pymodbus logs every framing hiccup at ERROR; our drivers report them once, as alerts.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="site config (default: $ROOMD_CONFIG, ./roomd.yaml, /etc/roomd/roomd.yaml)",
+    )
+
+
+def _load(args: argparse.Namespace) -> SiteConfig | None:
+    path = args.config or default_config_path()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = args.config or default_config_path()
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue)
+        print(f"{path}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        return 2
+    devices = sum(len(r.devices) for r in cfg.rooms)
+    print(f"{path}: ok: site {cfg.site}, {len(cfg.rooms)} rooms, {devices} devices")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    from .daemon.supervisor import state_dir_writable
+
+    problem = state_dir_writable(cfg.state_dir)
+    if problem:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_run_daemon(cfg))
+    except OSError as exc:
+        log.error("cannot run: %s", exc)
+        return 1
+    return 0
+
+
+async def _run_daemon(cfg: SiteConfig) -> None:
+    from .daemon.supervisor import Daemon
+
+    daemon = Daemon(cfg)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, daemon.stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.stop)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    await daemon.run()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulators.scenario import SCENARIOS
+
+    if args.scenario not in SCENARIOS:
+        print(
+            f"roomd simulate: unknown scenario {args.scenario!r} (known: {', '.join(SCENARIOS)})",
+            file=sys.stderr,
+        )
+        return 2
+    asyncio.run(_simulate(args))
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> None:
+    from .simulators.site import SimulatedSite
+
+    site = await SimulatedSite(args.rooms, args.scenario, rtu=not args.no_rtu).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    for room in site.rooms:
+        parts = [f"{d}=modbus-tcp {s.address}" for d, s in room.tcp.items()]
+        if room.rtu is not None:
+            parts += [
+                f"{d}=modbus-rtu {room.rtu.path} unit {u.unit}" for d, u in room.rtu_units.items()
+            ]
+        print(f"{room.id}: " + ", ".join(parts), flush=True)
+    if args.write_config:
+        site.write_config(
+            args.write_config,
+            mqtt_url=args.mqtt,
+            http_listen=args.http,
+            state_dir=str(args.state_dir),
+            poll=args.poll,
+        )
+        print(f"wrote {args.write_config}; run: roomd run -c {args.write_config}", flush=True)
+    print(
+        f"simulating {len(site.rooms)} rooms, scenario {args.scenario}; Ctrl-C to stop", flush=True
+    )
+    await stop.wait()
+    await site.stop()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        return asyncio.run(run_demo(duration=args.duration, rooms=args.rooms))
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    reply = site_command(cfg, "ack", {"alert": args.alert_id, "by": "cli"}, timeout=args.timeout)
+    if reply is None:
+        print(
+            "roomd ack: no answer from the daemon (is `roomd run` connected to the broker?)",
+            file=sys.stderr,
+        )
+        return 1
+    if reply.get("ok"):
+        print(f"acknowledged {args.alert_id}")
+        return 0
+    print(f"roomd ack: {reply.get('error')}", file=sys.stderr)
+    return 1
+
+
+def site_command(
+    cfg: SiteConfig, command: str, cmd_args: dict[str, Any], timeout: float
+) -> dict[str, Any] | None:
+    """Send a `_daemon/cmd` over MQTT and wait for its result."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    base = f"{cfg.mqtt.topic_prefix}/{cfg.site}/_daemon"
+    cmd_id = uuid.uuid4().hex
+    done = threading.Event()
+    reply: dict[str, Any] = {}
+
+    def on_connect(c: mqtt.Client, *_: Any) -> None:
+        c.subscribe(f"{base}/cmd/result", 1)
+
+    def on_subscribe(c: mqtt.Client, *_: Any) -> None:
+        c.publish(
+            f"{base}/cmd", json.dumps({"command": command, "args": cmd_args, "id": cmd_id}), qos=1
+        )
+
+    def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            data = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(data, dict) and data.get("id") == cmd_id:
+            reply.update(data)
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"roomd-cli-{cmd_id[:8]}")
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.secret())
+    if cfg.mqtt.tls:
+        client.tls_set(ca_certs=str(cfg.mqtt.ca_file) if cfg.mqtt.ca_file else None)
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    try:
+        client.connect(cfg.mqtt.host, cfg.mqtt.port)
+    except OSError as exc:
+        print(
+            f"cannot reach the MQTT broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}", file=sys.stderr
+        )
+        return None
+    client.loop_start()
+    done.wait(timeout)
+    client.loop_stop()
+    client.disconnect()
+    return reply or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomd",
+        description="Meeting-room device monitor: polls room hardware, checks it against the "
+        "meeting standard, publishes alerts over MQTT and metrics to Prometheus.",
+    )
+    parser.add_argument("--version", action="version", version=f"roomd {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads the config)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "validate", help="check a config; print each problem as FILE:LINE: key: message"
+    )
+    _config_arg(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("simulate", help="serve simulated devices on 127.0.0.1 and ptys")
+    p.add_argument("--rooms", type=int, default=3, help="number of rooms (default 3)")
+    p.add_argument("--scenario", default="normal", help="normal, drift or demo")
+    p.add_argument(
+        "--write-config", type=Path, metavar="FILE", help="write a site config polling them"
+    )
+    p.add_argument("--no-rtu", action="store_true", help="Modbus TCP only (no pseudo-terminals)")
+    p.add_argument(
+        "--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL for the written config"
+    )
+    p.add_argument(
+        "--http", default="127.0.0.1:9880", help="metrics listen address for the written config"
+    )
+    p.add_argument(
+        "--state-dir", type=Path, default=Path("./state"), help="state_dir for the written config"
+    )
+    p.add_argument("--poll", default="2s", help="poll interval for the written config")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="simulators + daemon + broker + live view, no set-up")
+    p.add_argument("--rooms", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
+    p.add_argument("alert_id")
+    p.add_argument("--timeout", type=float, default=5.0)
+    _config_arg(p)
+    p.set_defaults(func=cmd_ack)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Rules and alert state: thresholds with hold time and hysteresis → raise once, clear once."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from .clock import Clock, iso
+from .model import Alert, Transition
+from .profiles import Threshold
+from .units import Severity
+
+
+@dataclass(slots=True)
+class Rule:
+    """One side of a threshold, compiled for the hot path."""
+
+    metric: str
+    rule: str  # "min" or "max": part of the alert id
+    limit: float
+    clear_at: float  # the limit moved inward by the hysteresis
+    hold: float
+    clear_hold: float
+    severity: Severity
+    unit: str
+    label: str
+
+    def violated(self, value: float) -> bool:
+        return value > self.limit if self.rule == "max" else value < self.limit
+
+    def cleared(self, value: float) -> bool:
+        return value <= self.clear_at if self.rule == "max" else value >= self.clear_at
+
+
+def compile_rules(thresholds: Mapping[str, Threshold]) -> dict[str, list[Rule]]:
+    rules: dict[str, list[Rule]] = {}
+    for metric, t in thresholds.items():
+        if not t.enabled:
+            continue
+        label = t.label or metric
+        if t.max is not None:
+            rules.setdefault(metric, []).append(
+                Rule(
+                    metric,
+                    "max",
+                    t.max,
+                    t.max - t.hysteresis,
+                    t.hold,
+                    t.clear_hold,
+                    t.severity,
+                    t.unit,
+                    label,
+                )
+            )
+        if t.min is not None:
+            rules.setdefault(metric, []).append(
+                Rule(
+                    metric,
+                    "min",
+                    t.min,
+                    t.min + t.hysteresis,
+                    t.hold,
+                    t.clear_hold,
+                    t.severity,
+                    t.unit,
+                    label,
+                )
+            )
+    return rules
+
+
+def _fmt(value: float | str | bool | None, unit: str) -> str:
+    if isinstance(value, float):
+        text = f"{value:.1f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:g}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+def _message(rule: Rule, value: float) -> str:
+    if rule.metric == "online":
+        return f"{rule.label} offline"
+    side = "above" if rule.rule == "max" else "below"
+    return f"{rule.label} {_fmt(value, rule.unit)} {side} {_fmt(rule.limit, rule.unit)}"
+
+
+@dataclass(slots=True)
+class _Pending:
+    since: float  # monotonic time the condition started
+
+
+class AlertBook:
+    """Every alert of the site. `observe` is called with each poll's readings and returns the
+    transitions it caused; the caller persists and publishes them (in one transaction)."""
+
+    def __init__(self, clock: Clock, active: Iterable[Alert] = ()) -> None:
+        self.clock = clock
+        self.active: dict[str, Alert] = {a.id: a for a in active}
+        self._rules: dict[tuple[str, str], dict[str, list[Rule]]] = {}
+        self._raising: dict[str, _Pending] = {}
+        self._clearing: dict[str, _Pending] = {}
+        self._by_room: dict[str, int] = {}
+        for alert in self.active.values():
+            self._by_room[alert.room] = self._by_room.get(alert.room, 0) + 1
+
+    def set_rules(self, room: str, device: str, thresholds: Mapping[str, Threshold]) -> None:
+        self._rules[(room, device)] = compile_rules(thresholds)
+
+    def rules_for(self, room: str, device: str) -> dict[str, list[Rule]]:
+        return self._rules.get((room, device), {})
+
+    def room_count(self, room: str) -> int:
+        return self._by_room.get(room, 0)
+
+    def device_has_alerts(self, room: str, device: str) -> bool:
+        prefix = f"{room}.{device}."
+        return any(k.startswith(prefix) for k in self.active)
+
+    def observe(
+        self,
+        room: str,
+        device: str,
+        readings: Mapping[str, float | int | str | bool],
+        detail: str = "",
+    ) -> list[Transition]:
+        rules = self._rules.get((room, device))
+        if not rules:
+            return []
+        out: list[Transition] = []
+        now = self.clock.monotonic()
+        for metric, value in readings.items():
+            metric_rules = rules.get(metric)
+            if metric_rules is None or isinstance(value, str):
+                continue
+            v = float(value)
+            for rule in metric_rules:
+                alert_id = f"{room}.{device}.{metric}.{rule.rule}"
+                current = self.active.get(alert_id)
+                if current is None:
+                    self._clearing.pop(alert_id, None)
+                    if not rule.violated(v):
+                        self._raising.pop(alert_id, None)
+                        continue
+                    pending = self._raising.get(alert_id)
+                    if pending is None:
+                        pending = self._raising[alert_id] = _Pending(now)
+                    if now - pending.since >= rule.hold:
+                        del self._raising[alert_id]
+                        out.append(self._raise(alert_id, room, device, rule, v, detail))
+                else:
+                    self._raising.pop(alert_id, None)
+                    if not rule.cleared(v):
+                        self._clearing.pop(alert_id, None)
+                        continue
+                    pending = self._clearing.get(alert_id)
+                    if pending is None:
+                        pending = self._clearing[alert_id] = _Pending(now)
+                    if now - pending.since >= rule.clear_hold:
+                        del self._clearing[alert_id]
+                        out.append(self._clear(current, v, "back within limits"))
+        return out
+
+    def _raise(
+        self, alert_id: str, room: str, device: str, rule: Rule, value: float, detail: str
+    ) -> Transition:
+        ts = iso(self.clock.time())
+        message = _message(rule, value)
+        if rule.metric == "online":
+            message = f"{device} offline" + (f": {detail}" if detail else "")
+        alert = Alert(
+            id=alert_id,
+            room=room,
+            device=device,
+            metric=rule.metric,
+            rule=rule.rule,
+            limit=rule.limit,
+            value=value,
+            unit=rule.unit,
+            severity=rule.severity,
+            state="active",
+            since=ts,
+            ts=ts,
+            message=message,
+        )
+        self.active[alert_id] = alert
+        self._by_room[room] = self._by_room.get(room, 0) + 1
+        return Transition("raised", alert)
+
+    def _clear(self, alert: Alert, value: float | str | bool | None, reason: str) -> Transition:
+        del self.active[alert.id]
+        self._by_room[alert.room] = max(0, self._by_room.get(alert.room, 0) - 1)
+        cleared = dataclasses.replace(
+            alert, state="cleared", ts=iso(self.clock.time()), value=value, extra=dict(alert.extra)
+        )
+        cleared.extra["reason"] = reason
+        return Transition("cleared", cleared, reason)
+
+    def acknowledge(self, alert_id: str, by: str = "") -> Transition | None:
+        alert = self.active.get(alert_id)
+        if alert is None:
+            return None
+        if alert.state == "acknowledged":
+            return Transition("acknowledged", alert)
+        alert.state = "acknowledged"
+        alert.ts = iso(self.clock.time())
+        if by:
+            alert.extra["acknowledged_by"] = by
+        return Transition("acknowledged", alert)
+
+    def clear_where(self, reason: str, room: str, device: str | None = None) -> list[Transition]:
+        """Clear alerts of a room (or one device) that left the config."""
+        prefix = f"{room}." if device is None else f"{room}.{device}."
+        gone = [a for k, a in self.active.items() if k.startswith(prefix)]
+        for alert in gone:
+            self._raising.pop(alert.id, None)
+            self._clearing.pop(alert.id, None)
+        return [self._clear(a, a.value, reason) for a in gone]

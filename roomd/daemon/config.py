@@ -1,0 +1,375 @@
+"""Site config: YAML → validated models, every problem reported as FILE:LINE: key.path: message.
+
+Validation happens completely before anything connects (Telegraf's rule): drivers' own config
+models are checked here, profiles and device models are loaded here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from ..drivers import driver_class, known_drivers
+from ..drivers.base import DeviceConfig
+from .profiles import ProfileError, Threshold, ThresholdOverride, load_profile, merge_threshold
+from .units import Duration
+from .yamlpos import Loc, Located, YamlSyntaxError, load_located
+
+_ID = r"^[a-z0-9_-]+$"
+DEFAULT_PATHS = ("./roomd.yaml", "/etc/roomd/roomd.yaml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Strict):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    topic_prefix: str = Field("roomd", pattern=r"^[A-Za-z0-9_/-]+$")
+    client_id: str | None = None
+    keepalive: Duration = 30.0
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"scheme must be mqtt:// or mqtts://, not {parts.scheme or 'none'}")
+        if not parts.hostname:
+            raise ValueError("missing host")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("port must be a number from 1 to 65535") from None
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+    @property
+    def tls(self) -> bool:
+        return urlsplit(self.url).scheme == "mqtts"
+
+    def secret(self) -> str | None:
+        """The password, from `password_file` or `password` (which may be `${ENV}`)."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").strip()
+        return self.password.get_secret_value() if self.password else None
+
+
+class HttpConfig(_Strict):
+    listen: str = "127.0.0.1:9880"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9880")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class RoomConfig(_Strict):
+    id: str = Field(pattern=_ID)
+    name: str = ""
+    area_m2: float | None = Field(None, gt=0)
+    seats: int | None = Field(None, ge=0)
+    profile: str | None = None
+    thresholds: dict[str, ThresholdOverride] = {}
+    calendar: str | list[str] | None = None
+    devices: list[dict[str, Any]] = []
+
+
+class _SiteModel(_Strict):
+    site: str = Field(pattern=_ID)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    state_dir: Path = Path("/var/lib/roomd")
+    profile: str = "standard"
+    poll_jitter: float = Field(0.1, ge=0, le=1)
+    rooms: list[RoomConfig] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Room:
+    config: RoomConfig
+    devices: tuple[DeviceConfig, ...]
+    thresholds: dict[str, Threshold]
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def device_thresholds(self, device: DeviceConfig) -> dict[str, Threshold]:
+        if not device.thresholds:
+            return self.thresholds
+        merged = dict(self.thresholds)
+        for metric, override in device.thresholds.items():
+            merged[metric] = merge_threshold(self.thresholds.get(metric), override)
+        return merged
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    path: Path
+    site: str
+    mqtt: MqttConfig
+    http: HttpConfig
+    state_dir: Path
+    profile: str
+    poll_jitter: float
+    rooms: tuple[Room, ...]
+
+    def room(self, room_id: str) -> Room | None:
+        return next((r for r in self.rooms if r.id == room_id), None)
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        super().__init__("\n".join(str(i) for i in issues))
+        self.issues = issues
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top)"
+
+
+def default_config_path() -> Path:
+    env = os.environ.get("ROOMD_CONFIG")
+    if env:
+        return Path(env)
+    for candidate in DEFAULT_PATHS:
+        if Path(candidate).exists():
+            return Path(candidate)
+    return Path(DEFAULT_PATHS[0])
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Collector:
+    def __init__(self, path: Path, doc: Located) -> None:
+        self.file = str(path)
+        self.doc = doc
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, loc: Loc, message: str) -> None:
+        self.issues.append(ConfigIssue(self.file, self.doc.line_of(loc), format_loc(loc), message))
+
+    def add_validation(self, exc: ValidationError, prefix: Loc = ()) -> None:
+        for err in exc.errors(include_url=False):
+            loc = self._real_loc((*prefix, *err["loc"]))
+            kind = err["type"]
+            if kind == "extra_forbidden":
+                message = "unknown key"
+            elif kind == "missing":
+                message = "required key is missing"
+            else:
+                message = err["msg"].removeprefix("Value error, ")
+            self.add(loc, message)
+
+    def _real_loc(self, loc: tuple[Any, ...]) -> Loc:
+        # pydantic adds union/tag names to loc; keep only parts that index into the document.
+        out: list[str | int] = []
+        node = self.doc.data
+        for part in loc:
+            if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+            ):
+                out.append(part)
+                node = node[part]
+            elif isinstance(part, str | int) and not str(part).startswith(("function-", "json-")):
+                # a missing or unknown key: name it, then stop descending
+                out.append(part)
+                node = None
+        return tuple(out)
+
+    def expand_env(self, node: Any, loc: Loc = ()) -> Any:
+        if isinstance(node, dict):
+            return {k: self.expand_env(v, (*loc, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.expand_env(v, (*loc, i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+
+            def sub(match: re.Match[str]) -> str:
+                value = os.environ.get(match.group(1))
+                if value is None:
+                    self.add(loc, f"environment variable {match.group(1)} is not set")
+                    return ""
+                return value
+
+            return _ENV.sub(sub, node)
+        return node
+
+
+def load_config(path: Path | str) -> SiteConfig:
+    """Read and validate a site config. Raises ConfigError with every problem found."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", exc.strerror or str(exc))]) from None
+    try:
+        doc = load_located(text)
+    except YamlSyntaxError as exc:
+        raise ConfigError([ConfigIssue(str(path), exc.line, "(yaml)", exc.message)]) from None
+    return _validate(path, doc)
+
+
+def _validate(path: Path, doc: Located) -> SiteConfig:
+    c = _Collector(path, doc)
+    if not isinstance(doc.data, dict):
+        c.add((), "the config must be a mapping with at least `site` and `rooms`")
+        raise ConfigError(c.issues)
+    for loc, _line in doc.duplicates:
+        c.add(loc, "duplicate key")
+    data = c.expand_env(doc.data)
+    try:
+        site = _SiteModel.model_validate(data)
+    except ValidationError as exc:
+        c.add_validation(exc)
+        # Still check each device, so one run reports every problem.
+        for ri, room in enumerate(data.get("rooms") or [] if isinstance(data, dict) else []):
+            if isinstance(room, dict) and isinstance(room.get("devices"), list):
+                for di, device in enumerate(room["devices"]):
+                    _device(c, device, ("rooms", ri, "devices", di))
+        raise ConfigError(c.issues) from None
+
+    _check_secret_files(c, site.mqtt)
+    rooms: list[Room] = []
+    seen_rooms: dict[str, int] = {}
+    for ri, room in enumerate(site.rooms):
+        rloc: Loc = ("rooms", ri)
+        if room.id in seen_rooms:
+            c.add(
+                (*rloc, "id"), f"duplicate room id {room.id!r} (also rooms[{seen_rooms[room.id]}])"
+            )
+        seen_rooms.setdefault(room.id, ri)
+        profile_name = room.profile or site.profile
+        try:
+            profile = load_profile(profile_name)
+        except ProfileError as exc:
+            c.add((*rloc, "profile") if room.profile else ("profile",), str(exc))
+            continue
+        _check_overrides(c, room.thresholds, profile.thresholds, (*rloc, "thresholds"))
+        try:
+            thresholds = profile.with_overrides(room.thresholds)
+        except ValidationError as exc:
+            c.add_validation(exc, (*rloc, "thresholds"))
+            continue
+        devices: list[DeviceConfig] = []
+        seen_devices: dict[str, int] = {}
+        for di, raw in enumerate(room.devices):
+            dloc: Loc = (*rloc, "devices", di)
+            device = _device(c, raw, dloc)
+            if device is None:
+                continue
+            if device.id in seen_devices:
+                c.add(
+                    (*dloc, "id"),
+                    f"duplicate device id {device.id!r} in room {room.id!r} "
+                    f"(also devices[{seen_devices[device.id]}])",
+                )
+            seen_devices.setdefault(device.id, di)
+            _check_overrides(c, device.thresholds, thresholds, (*dloc, "thresholds"))
+            devices.append(device)
+        rooms.append(Room(config=room, devices=tuple(devices), thresholds=thresholds))
+    if c.issues:
+        raise ConfigError(c.issues)
+    return SiteConfig(
+        path=path,
+        site=site.site,
+        mqtt=site.mqtt,
+        http=site.http,
+        state_dir=site.state_dir,
+        profile=site.profile,
+        poll_jitter=site.poll_jitter,
+        rooms=tuple(rooms),
+    )
+
+
+def _device(c: _Collector, raw: Any, loc: Loc) -> DeviceConfig | None:
+    if not isinstance(raw, dict):
+        c.add(loc, "a device must be a mapping with at least `id` and `driver`")
+        return None
+    kind = raw.get("driver")
+    if kind is None:
+        c.add((*loc, "driver"), f"required key is missing (one of: {', '.join(known_drivers())})")
+        return None
+    cls = driver_class(str(kind))
+    if cls is None:
+        c.add((*loc, "driver"), f"unknown driver {kind!r} (known: {', '.join(known_drivers())})")
+        return None
+    try:
+        return cls.config_model.model_validate(raw)
+    except ValidationError as exc:
+        c.add_validation(exc, loc)
+        return None
+
+
+def _check_overrides(
+    c: _Collector, overrides: dict[str, ThresholdOverride], base: dict[str, Threshold], loc: Loc
+) -> None:
+    for metric, override in overrides.items():
+        if metric not in base and override.min is None and override.max is None:
+            c.add(
+                (*loc, metric),
+                f"no threshold {metric!r} in the profile to override; give `min` or `max` "
+                f"to add one (known: {', '.join(sorted(base))})",
+            )
+
+
+def _check_secret_files(c: _Collector, mqtt: MqttConfig) -> None:
+    for key in ("password_file", "ca_file", "cert_file", "key_file"):
+        value: Path | None = getattr(mqtt, key)
+        if value is not None and not os.access(value, os.R_OK):
+            c.add(("mqtt", key), f"cannot read {value}")
+    if mqtt.password_file is not None and mqtt.password is not None:
+        c.add(("mqtt", "password"), "give either password or password_file, not both")
+
+
+def dump_issues(exc: ConfigError) -> str:
+    return "\n".join(str(i) for i in exc.issues)

@@ -1,0 +1,245 @@
+"""Threshold profiles and device models: the standard's numbers and register maps, as data."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .units import Duration, Severity
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(_Strict):
+    """Limits on one metric. A value above `max` or below `min` raises after `hold`;
+    it clears once back inside by `hysteresis` for `clear_hold`."""
+
+    min: float | None = None
+    max: float | None = None
+    hysteresis: float = Field(0.0, ge=0)
+    hold: Duration = 0.0
+    clear_hold: Duration = 0.0
+    severity: Severity = "III"
+    unit: str = ""
+    label: str = ""
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Threshold:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+class ThresholdOverride(_Strict):
+    """Same keys as Threshold, all optional: a room changes only what it names."""
+
+    min: float | None = None
+    max: float | None = None
+    hysteresis: float | None = Field(None, ge=0)
+    hold: Duration | None = None
+    clear_hold: Duration | None = None
+    severity: Severity | None = None
+    unit: str | None = None
+    label: str | None = None
+    enabled: bool | None = None
+
+
+def merge_threshold(base: Threshold | None, override: ThresholdOverride) -> Threshold:
+    values: dict[str, Any] = base.model_dump() if base else {}
+    values.update(override.model_dump(exclude_unset=True))
+    return Threshold.model_validate(values)
+
+
+class Profile(_Strict):
+    name: str
+    description: str = ""
+    thresholds: dict[str, Threshold]
+
+    def with_overrides(self, overrides: dict[str, ThresholdOverride]) -> dict[str, Threshold]:
+        merged = dict(self.thresholds)
+        for metric, override in overrides.items():
+            merged[metric] = merge_threshold(self.thresholds.get(metric), override)
+        return merged
+
+
+RegisterType = Literal["int16", "uint16", "int32", "uint32", "float32"]
+_STRUCT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I", "float32": "f"}
+_WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
+
+
+class RegisterSpec(_Strict):
+    """One metric in a device's register map. Addresses are 0-based protocol addresses."""
+
+    metric: str
+    function: Literal[3, 4]
+    address: int = Field(ge=0, le=65535)
+    type: RegisterType = "uint16"
+    scale: float = 1.0
+    offset: float = 0.0
+    word_order: Literal["big", "little"] = "big"
+    byte_order: Literal["big", "little"] = "big"
+    decimals: int | None = Field(None, ge=0, le=6)
+
+    @property
+    def width(self) -> int:
+        return _WIDTH[self.type]
+
+    def decode(self, regs: Sequence[int]) -> float:
+        words = list(regs)
+        if self.word_order == "little":
+            words.reverse()
+        bo = ">" if self.byte_order == "big" else "<"
+        raw = b"".join(struct.pack(bo + "H", w) for w in words)
+        (value,) = struct.unpack(">" + _STRUCT[self.type], raw)
+        result = value * self.scale + self.offset
+        return round(result, self.decimals) if self.decimals is not None else result
+
+    def encode(self, value: float) -> list[int]:
+        raw_value: float | int = (value - self.offset) / self.scale
+        if self.type != "float32":
+            lo, hi = _RANGE[self.type]
+            raw_value = max(lo, min(hi, round(raw_value)))
+        raw = struct.pack(">" + _STRUCT[self.type], raw_value)
+        bo = ">" if self.byte_order == "big" else "<"
+        words = [struct.unpack(bo + "H", raw[i : i + 2])[0] for i in range(0, len(raw), 2)]
+        if self.word_order == "little":
+            words.reverse()
+        return words
+
+
+_RANGE = {
+    "int16": (-(2**15), 2**15 - 1),
+    "uint16": (0, 2**16 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+}
+
+
+class SerialDefaults(_Strict):
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class ModelWrite(_Strict):
+    """A named holding-register write (setpoints, commands), used by later automation."""
+
+    address: int = Field(ge=0, le=65535)
+    type: RegisterType = "uint16"
+    scale: float = 1.0
+    value: float | None = None
+
+
+class DeviceModel(_Strict):
+    model: str
+    manufacturer: str = ""
+    description: str = ""
+    serial: SerialDefaults = SerialDefaults()
+    default_unit: int = Field(1, ge=0, le=255)
+    registers: list[RegisterSpec] = Field(min_length=1)
+    writes: dict[str, ModelWrite] = {}
+
+    @property
+    def metrics(self) -> list[str]:
+        return [r.metric for r in self.registers]
+
+
+class ReadBlock:
+    """One request covering several registers; `fields` are (spec, offset-in-block)."""
+
+    __slots__ = ("address", "count", "fields", "function")
+
+    def __init__(self, function: int, address: int, count: int) -> None:
+        self.function = function
+        self.address = address
+        self.count = count
+        self.fields: list[tuple[RegisterSpec, int]] = []
+
+
+def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> list[ReadBlock]:
+    """Group a model's registers into as few requests as possible."""
+    blocks: list[ReadBlock] = []
+    for function in (3, 4):
+        specs = sorted(
+            (r for r in model.registers if r.function == function), key=lambda r: r.address
+        )
+        current: ReadBlock | None = None
+        for spec in specs:
+            end = spec.address + spec.width
+            if (
+                current is not None
+                and spec.address - (current.address + current.count) <= max_gap
+                and end - current.address <= max_count
+            ):
+                current.count = max(current.count, end - current.address)
+            else:
+                current = ReadBlock(function, spec.address, spec.width)
+                blocks.append(current)
+            current.fields.append((spec, spec.address - current.address))
+    return blocks
+
+
+def _builtin(kind: str) -> Path:
+    return Path(str(resources.files("roomd").joinpath("profiles", kind)))
+
+
+class ProfileError(Exception):
+    pass
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ProfileError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+
+
+@cache
+def load_profile(name_or_path: str) -> Profile:
+    """A built-in profile by name (`standard`) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _builtin(f"{name_or_path}.yaml")
+    if not path.exists():
+        raise ProfileError(
+            f"unknown profile {name_or_path!r} (known: {', '.join(builtin_profiles())})"
+        )
+    try:
+        return Profile.model_validate(_read_yaml(path))
+    except ValueError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
+
+
+def builtin_profiles() -> list[str]:
+    return sorted(p.stem for p in _builtin("").glob("*.yaml"))
+
+
+def builtin_models() -> list[str]:
+    return sorted(p.stem for p in _builtin("models").glob("*.yaml"))
+
+
+@cache
+def load_model(name_or_path: str) -> DeviceModel:
+    """A built-in device model by name (`xy-md02`) or a YAML register map by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _builtin("models") / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ProfileError(f"unknown model {name_or_path!r} (known: {', '.join(builtin_models())})")
+    try:
+        return DeviceModel.model_validate(_read_yaml(path))
+    except ValueError as exc:
+        raise ProfileError(f"{path}: {exc}") from None

@@ -1,0 +1,286 @@
+"""MQTT sink: the contract's topics, with alert transitions and events drained from the outbox.
+
+paho-mqtt runs its network loop in its own thread (it publishes at ~22 µs a message; aiomqtt
+costs ~200 µs). Its callbacks hop to the asyncio loop with call_soon_threadsafe.
+
+Ordering and durability: alert transitions and events are rows in the SQLite outbox. The
+drainer hands rows to paho in sequence order only while connected; a row is deleted when the
+broker has acknowledged it and every row before it (QoS 1). paho re-sends its in-flight QoS 1
+messages itself after a reconnect, in order, so the drainer never hands a row over twice within
+one process; after a crash the outbox is replayed from its first unacknowledged row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ..clock import Clock, iso
+from ..config import MqttConfig
+from ..model import Transition
+from ..store import Pending, Store
+
+log = logging.getLogger("roomd.mqtt")
+
+CommandHandler = Callable[[str, str | None, str | None, bytes], None]  # room, device, payload
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class MqttSink:
+    WINDOW = 500  # rows handed to paho and not yet acknowledged
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        site: str,
+        store: Store,
+        clock: Clock,
+        on_command: CommandHandler | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.base = f"{cfg.topic_prefix}/{site}"
+        self.store = store
+        self.clock = clock
+        self.on_command = on_command
+        self.availability_topic = f"{self.base}/_daemon/availability"
+        self.connected = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: dict[int, int] = {}  # paho mid → outbox seq
+        self._sent_upto = 0
+        self._acked: set[int] = set()
+        self._retained: dict[str, bytes] = {}  # latest state topics, re-sent after reconnect
+        self._client: mqtt.Client | None = None
+        self.last_error = ""
+        self._attempt = 0
+
+    # ---- topics and payloads -------------------------------------------------------------
+
+    def alert_topic(self, room: str, alert_id: str) -> str:
+        return f"{self.base}/{room}/alerts/{alert_id}"
+
+    def events_topic(self, room: str) -> str:
+        return f"{self.base}/{room}/events"
+
+    def messages_for(self, transitions: list[Transition]) -> list[Pending]:
+        out: list[Pending] = []
+        for t in transitions:
+            body = t.alert.to_json()
+            topic = self.alert_topic(t.alert.room, t.alert.id)
+            # Retained while active; an empty retained payload removes it on clear.
+            out.append((topic, b"" if t.kind == "cleared" else dumps(body), True, 1))
+            event = {"type": "alert", "transition": t.kind, **body}
+            out.append((self.events_topic(t.alert.room), dumps(event), False, 1))
+        return out
+
+    def event(self, room: str, payload: dict[str, Any]) -> Pending:
+        payload.setdefault("ts", iso(self.clock.time()))
+        return (self.events_topic(room), dumps(payload), False, 1)
+
+    def publish_state(self, topic: str, payload: dict[str, Any]) -> None:
+        """Retained latest-value topics: not queued (only the newest matters), re-sent on
+        reconnect."""
+        data = dumps(payload)
+        self._retained[topic] = data
+        client = self._client
+        if client is not None and self.connected.is_set():
+            client.publish(topic, data, qos=1, retain=True)
+
+    def publish_now(self, topic: str, payload: dict[str, Any], qos: int = 1) -> None:
+        """Fire-and-forget (command results): lost if the broker is down, by design."""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            client.publish(topic, dumps(payload), qos=qos, retain=False)
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    # ---- connection ------------------------------------------------------------------------
+
+    def _make_client(self) -> mqtt.Client:
+        client_id = (
+            self.cfg.client_id
+            or f"roomd-{self.base.replace('/', '-')}-{random.getrandbits(24):06x}"
+        )
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)
+        if self.cfg.username:
+            client.username_pw_set(self.cfg.username, self.cfg.secret())
+        if self.cfg.tls:
+            ctx = ssl.create_default_context(
+                cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None
+            )
+            if self.cfg.cert_file:
+                ctx.load_cert_chain(
+                    str(self.cfg.cert_file), str(self.cfg.key_file) if self.cfg.key_file else None
+                )
+            client.tls_set_context(ctx)
+        client.will_set(self.availability_topic, b"offline", qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        # Capped, jittered reconnect is paho's own loop; a small max keeps recovery quick.
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        return client
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._client = self._make_client()
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
+        self._client.loop_start()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def stop(self) -> None:
+        client = self._client
+        if client is None:
+            return
+        if self.connected.is_set():
+            # Drain what the outbox holds (briefly), then say goodbye retained.
+            await self._drain_briefly(2.0)
+            info = client.publish(self.availability_topic, b"offline", qos=1, retain=True)
+            for _ in range(50):
+                if info.is_published():
+                    break
+                await asyncio.sleep(0.02)
+            client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self._client = None
+
+    async def _drain_briefly(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end and (self.store.outbox_depth or self._inflight):
+            self.kick()
+            await asyncio.sleep(0.02)
+
+    # ---- paho callbacks (paho's thread) ------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            self._call(self._note_failure, f"broker refused the connection: {reason}")
+            return
+        client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        client.subscribe([(f"{self.base}/+/+/cmd", 1), (f"{self.base}/_daemon/cmd", 1)])
+        for topic, data in list(self._retained.items()):
+            client.publish(topic, data, qos=1, retain=True)
+        self._call(self._connected)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._call(self._disconnected, str(reason))
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
+    ) -> None:
+        self._call(self._published, mid)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._call(self._command, msg.topic, bytes(msg.payload))
+
+    # ---- on the asyncio loop -----------------------------------------------------------------
+
+    def _connected(self) -> None:
+        if self._attempt or self.last_error:
+            log.info("connected to MQTT broker %s:%d", self.cfg.host, self.cfg.port)
+        self._attempt = 0
+        self.last_error = ""
+        self.connected.set()
+        self.kick()
+
+    def _note_failure(self, why: str) -> None:
+        if why != self.last_error:
+            log.error("MQTT: %s", why)
+        self.last_error = why
+
+    def _disconnected(self, why: str) -> None:
+        if self.connected.is_set():
+            log.warning("MQTT broker connection lost (%s); alerts wait in the outbox", why)
+        self.connected.clear()
+        self._attempt += 1
+
+    def _published(self, mid: int) -> None:
+        seq = self._inflight.pop(mid, None)
+        if seq is None:
+            return
+        self._acked.add(seq)
+        # Delete the longest acknowledged prefix of the outbox.
+        lowest_open = min(self._inflight.values(), default=self._sent_upto + 1)
+        done = [s for s in self._acked if s < lowest_open]
+        if done:
+            self.store.outbox_done(max(done))
+            self._acked.difference_update(done)
+        self.kick()
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        if self.on_command is None or not topic.startswith(self.base + "/"):
+            return
+        parts = topic[len(self.base) + 1 :].split("/")
+        if parts == ["_daemon", "cmd"]:
+            self.on_command("_daemon", None, None, payload)
+        elif len(parts) == 3 and parts[2] == "cmd":
+            self.on_command("device", parts[0], parts[1], payload)
+
+    async def run_drainer(self) -> None:
+        while True:
+            await self.connected.wait()
+            client = self._client
+            if client is None:
+                return
+            room = self.WINDOW - len(self._inflight)
+            rows = self.store.outbox_after(self._sent_upto, room) if room > 0 else []
+            if not rows:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for row in rows:
+                if not self.connected.is_set():
+                    break
+                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+                self._inflight[info.mid] = row.seq
+                self._sent_upto = row.seq
+                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                    break  # paho keeps it queued and sends it first after reconnecting
+            await asyncio.sleep(0)
+
+    @property
+    def outbox_depth(self) -> int:
+        return self.store.outbox_depth

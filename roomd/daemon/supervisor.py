@@ -1,0 +1,466 @@
+"""The daemon: sinks first, then one poller per device; readings → rules → alerts → sinks.
+
+One device's failure is its own: a poller catches everything its driver raises, reports the
+device offline once (on the transition, like Home Assistant's coordinator), retries with
+capped, jittered backoff, and never touches another poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..drivers import driver_class
+from ..drivers.base import CommandError, DeviceConfig, DeviceError, Driver, DriverContext, Readings
+from .alerts import AlertBook
+from .clock import Clock, iso
+from .config import ConfigError, Room, SiteConfig, load_config
+from .model import Transition
+from .sinks.mqtt import MqttSink
+from .sinks.prometheus import HttpServer, Metrics
+from .store import Pending, Store
+
+log = logging.getLogger("roomd")
+
+RETRY_CAP = 60.0  # seconds: longest wait between retries of an offline device
+
+
+def backoff(attempt: int, poll: float, cap: float = RETRY_CAP) -> float:
+    """Equal-jitter exponential backoff: never zero (no retry storm), never above `cap`."""
+    ceiling = min(cap, max(poll, 0.5) * 2 ** min(attempt - 1, 16))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(eq=False)
+class Poller:
+    room: Room
+    config: DeviceConfig
+    driver: Driver
+    online: bool | None = None
+    readings: Readings = field(default_factory=dict)
+    published: tuple[bool | None, Readings] | None = None
+    error: str = ""
+    failures: int = 0
+    polls: int = 0
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.room.id, self.config.id)
+
+
+class Daemon:
+    def __init__(self, config: SiteConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.store = Store(config.state_dir)
+        self.book = AlertBook(self.clock, self.store.active_alerts())
+        self.metrics = Metrics(config.site)
+        self.mqtt = MqttSink(config.mqtt, config.site, self.store, self.clock, self._on_command)
+        self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.health)
+        self.context = DriverContext()
+        self.pollers: dict[tuple[str, str], Poller] = {}
+        self._room_published: dict[str, dict[str, Any]] = {}
+        self._stopping = asyncio.Event()
+        self._tasks: asyncio.TaskGroup | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.ready = asyncio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until stop(). Sinks start before sources."""
+        cfg = self.config
+        secret = cfg.mqtt.password_file or cfg.mqtt.password
+        if secret and not cfg.mqtt.tls and cfg.mqtt.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("mqtt: sending a password without TLS to %s; use mqtts://", cfg.mqtt.host)
+        await self.http.start()
+        await self.mqtt.start()
+        self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
+        self.metrics.mqtt_connected.set_function(lambda: 1 if self.mqtt.connected.is_set() else 0)
+        log.info(
+            "roomd %s: %d rooms, %d devices; metrics on http://%s:%d/metrics",
+            cfg.site,
+            len(cfg.rooms),
+            sum(len(r.devices) for r in cfg.rooms),
+            self.http.host,
+            self.http.port,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tasks = tg
+                tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
+                self._apply(cfg, first=True)
+                self.ready.set()
+                await self._stopping.wait()
+                raise _Stop
+        except* _Stop:
+            pass
+        finally:
+            self._tasks = None
+            for poller in self.pollers.values():
+                with contextlib.suppress(Exception):
+                    await poller.driver.close()
+            for shared in self.context.shared.values():
+                with contextlib.suppress(Exception):
+                    shared.close()
+            await self.mqtt.stop()
+            await self.http.stop()
+            self.store.close()
+            log.info("roomd stopped")
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def reload(self) -> bool:
+        """Re-read the config file. Invalid → keep running on the old one."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as exc:
+            for issue in exc.issues:
+                log.error("reload rejected: %s", issue)
+            return False
+        if new.site != self.config.site or new.mqtt != self.config.mqtt:
+            log.warning("reload: site and mqtt changes take effect on restart")
+        self._apply(new, first=False)
+        self.config = new
+        log.info("config reloaded from %s", new.path)
+        return True
+
+    def _apply(self, cfg: SiteConfig, first: bool) -> None:
+        wanted: dict[tuple[str, str], tuple[Room, DeviceConfig]] = {
+            (room.id, dev.id): (room, dev) for room in cfg.rooms for dev in room.devices
+        }
+        # Devices that left the config: stop them and clear their alerts with a reason.
+        for key in [k for k in self.pollers if k not in wanted]:
+            self._stop_poller(self.pollers.pop(key), "device removed from config")
+        if first:
+            configured = set(wanted)
+            orphans = {
+                (a.room, a.device)
+                for a in self.book.active.values()
+                if (a.room, a.device) not in configured
+            }
+            for room_id, dev_id in orphans:
+                self.emit(self.book.clear_where("device removed from config", room_id, dev_id))
+        for key, (room, dev) in wanted.items():
+            existing = self.pollers.get(key)
+            if existing is not None and existing.config == dev:
+                existing.room = room
+                self.book.set_rules(room.id, dev.id, room.device_thresholds(dev))
+                continue  # unchanged: keeps polling without a gap
+            if existing is not None:
+                self._stop_poller(existing, "")
+            self._start_poller(room, dev, cfg.poll_jitter)
+
+    def _start_poller(self, room: Room, dev: DeviceConfig, jitter: float) -> None:
+        cls = driver_class(dev.driver)
+        assert cls is not None, "validated in config"
+        poller = Poller(room=room, config=dev, driver=cls(dev, self.context))
+        self.book.set_rules(room.id, dev.id, room.device_thresholds(dev))
+        self.pollers[poller.key] = poller
+        assert self._tasks is not None
+        poller.task = self._tasks.create_task(
+            self._poll_loop(poller, jitter), name=f"poll:{room.id}/{dev.id}"
+        )
+
+    def _stop_poller(self, poller: Poller, reason: str) -> None:
+        if poller.task is not None:
+            poller.task.cancel()
+        self._spawn(poller.driver.close())
+        if reason:
+            self.emit(self.book.clear_where(reason, poller.room.id, poller.config.id))
+            self.metrics.forget_device(poller.room.id, poller.config.id)
+            topic = f"{self.mqtt.base}/{poller.room.id}/{poller.config.id}/state"
+            self.mqtt.publish_state(
+                topic,
+                {"online": False, "readings": {}, "removed": True, "ts": iso(self.clock.time())},
+            )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- polling -----------------------------------------------------------------------------
+
+    async def _poll_loop(self, p: Poller, jitter: float) -> None:
+        poll = p.config.poll
+        observe = self.metrics.poll_observer(p.driver.kind)
+        # Spread the first polls over the interval, so 5,000 devices do not fire at once.
+        await asyncio.sleep(random.uniform(0, poll))
+        loop = asyncio.get_running_loop()
+        # A poll may issue several requests, each with its own timeout; this is the backstop.
+        guard = p.config.timeout * 4 + 1.0
+        next_at = loop.time()
+        while True:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(guard):
+                    readings = await p.driver.poll()
+            except (DeviceError, TimeoutError) as exc:
+                self._failed(p, str(exc) or "no reply (poll timed out)")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a driver bug must not kill the daemon
+                log.exception("%s/%s: driver error", p.room.id, p.config.id)
+                self._failed(p, f"driver error: {type(exc).__name__}: {exc}")
+            else:
+                observe(time.perf_counter() - started)
+                self._succeeded(p, readings)
+                next_at += poll * (1 + random.uniform(-jitter, jitter) * 0.1)
+                delay = next_at - loop.time()
+                if delay < 0:  # we fell behind (slow device): do not try to catch up
+                    next_at, delay = loop.time(), 0
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(Exception):
+                await p.driver.close()
+            await asyncio.sleep(backoff(p.failures, poll))
+            next_at = loop.time()
+
+    def _succeeded(self, p: Poller, readings: Readings) -> None:
+        room_id, dev_id = p.room.id, p.config.id
+        p.polls += 1
+        if p.online is not True:
+            if p.online is False:
+                log.info("%s/%s back online after %d failed polls", room_id, dev_id, p.failures)
+            p.online, p.failures, p.error = True, 0, ""
+            self.metrics.set_up(room_id, dev_id, True)
+            self.emit(self.book.observe(room_id, dev_id, {"online": 1}))
+        p.readings = readings
+        transitions = self.book.observe(room_id, dev_id, readings)
+        if transitions:
+            self.emit(transitions)
+        self.metrics.update(room_id, dev_id, readings)
+        if p.published is None or p.published[0] is not True or p.published[1] != readings:
+            self._publish_device(p)
+
+    def _failed(self, p: Poller, error: str) -> None:
+        room_id, dev_id = p.room.id, p.config.id
+        p.failures += 1
+        p.error = error
+        if p.online is not False:
+            log.warning("%s/%s offline: %s", room_id, dev_id, error)
+            p.online = False
+            self.metrics.set_up(room_id, dev_id, False)
+        self.metrics.poll_errors.labels(p.driver.kind).inc()
+        transitions = self.book.observe(room_id, dev_id, {"online": 0}, detail=error)
+        if transitions:
+            self.emit(transitions)
+        if p.published is None or p.published[0] is not False:
+            self._publish_device(p)
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    def _publish_device(self, p: Poller) -> None:
+        p.published = (p.online, dict(p.readings))
+        payload: dict[str, Any] = {
+            "online": bool(p.online),
+            "readings": p.readings,
+            "ts": iso(self.clock.time()),
+        }
+        if not p.online and p.error:
+            payload["error"] = p.error
+        self.mqtt.publish_state(f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state", payload)
+        self._publish_room(p.room.id)
+
+    def room_summary(self, room_id: str) -> dict[str, Any]:
+        devices: dict[str, str] = {}
+        for (rid, did), p in self.pollers.items():
+            if rid != room_id:
+                continue
+            if not p.online:
+                devices[did] = "offline"
+            elif self.book.device_has_alerts(rid, did):
+                devices[did] = "degraded"
+            else:
+                devices[did] = "online"
+        active = self.book.room_count(room_id)
+        ok = active == 0 and all(s == "online" for s in devices.values())
+        return {"ok": ok, "active_alerts": active, "devices": devices}
+
+    def _publish_room(self, room_id: str) -> None:
+        summary = self.room_summary(room_id)
+        if self._room_published.get(room_id) == summary:
+            return
+        self._room_published[room_id] = summary
+        self.mqtt.publish_state(
+            f"{self.mqtt.base}/{room_id}/state", {**summary, "ts": iso(self.clock.time())}
+        )
+
+    def emit(self, transitions: list[Transition], extra: list[Pending] | None = None) -> None:
+        """Persist transitions with their MQTT messages in one transaction, then publish."""
+        if not transitions and not extra:
+            return
+        messages = self.mqtt.messages_for(transitions) + (extra or [])
+        self.store.commit(transitions, messages)
+        self.mqtt.kick()
+        rooms = set()
+        for t in transitions:
+            a = t.alert
+            rooms.add(a.room)
+            if t.kind == "raised":
+                log.warning("alert %s [%s] %s", a.id, a.severity, a.message)
+            else:
+                log.info("alert %s %s%s", a.id, t.kind, f" ({t.reason})" if t.reason else "")
+        if transitions:
+            by_sev: Counter[str] = Counter(a.severity for a in self.book.active.values())
+            self.metrics.set_alert_counts(by_sev, {r: self.book.room_count(r) for r in rooms})
+            for room in rooms:
+                self._publish_room(room)
+
+    # ---- commands ----------------------------------------------------------------------------
+
+    def _on_command(self, kind: str, room: str | None, device: str | None, payload: bytes) -> None:
+        base = self.mqtt.base
+        result_topic = (
+            f"{base}/_daemon/cmd/result"
+            if kind == "_daemon"
+            else f"{base}/{room}/{device}/cmd/result"
+        )
+        try:
+            msg = json.loads(payload)
+            if not isinstance(msg, dict):
+                raise ValueError("a command must be a JSON object")
+            name = msg.get("command")
+            args = msg.get("args", {})
+            if not isinstance(name, str):
+                raise ValueError("command: missing or not a string")
+            if not isinstance(args, dict):
+                raise ValueError("args: must be an object")
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.mqtt.publish_now(
+                result_topic,
+                {
+                    "id": None,
+                    "ok": False,
+                    "error": f"bad command: {exc}",
+                    "ts": iso(self.clock.time()),
+                },
+            )
+            return
+        cmd_id = msg.get("id")
+        if kind == "_daemon":
+            self._spawn(self._daemon_command(result_topic, cmd_id, name, args))
+            return
+        poller = self.pollers.get((str(room), str(device)))
+        if poller is None:
+            self.mqtt.publish_now(
+                result_topic,
+                {
+                    "id": cmd_id,
+                    "ok": False,
+                    "error": f"no device {room}/{device}",
+                    "ts": iso(self.clock.time()),
+                },
+            )
+            return
+        self._spawn(self._device_command(poller, result_topic, cmd_id, name, args))
+
+    async def _device_command(
+        self, p: Poller, topic: str, cmd_id: Any, name: str, args: dict[str, Any]
+    ) -> None:
+        result: dict[str, Any] = {"id": cmd_id}
+        try:
+            async with asyncio.timeout(max(10.0, p.config.timeout * 5)):
+                value = await p.driver.command(name, args)
+            result.update(ok=True, result=value)
+        except CommandError as exc:
+            result.update(ok=False, error=str(exc))
+        except DeviceError as exc:
+            result.update(ok=False, error=f"device: {exc}")
+        except TimeoutError:
+            result.update(ok=False, error="device did not complete the command in time")
+        except Exception as exc:
+            log.exception("command %s on %s/%s", name, p.room.id, p.config.id)
+            result.update(ok=False, error=f"internal error: {type(exc).__name__}")
+        result["ts"] = iso(self.clock.time())
+        self.mqtt.publish_now(topic, result)
+        event = {"type": "command", "device": p.config.id, "command": name, "args": args, **result}
+        self.emit([], [self.mqtt.event(p.room.id, event)])
+
+    async def _daemon_command(
+        self, topic: str, cmd_id: Any, name: str, args: dict[str, Any]
+    ) -> None:
+        result: dict[str, Any] = {"id": cmd_id}
+        if name == "ack":
+            alert_id = args.get("alert")
+            t = (
+                self.book.acknowledge(str(alert_id), by=str(args.get("by", "")))
+                if alert_id
+                else None
+            )
+            if t is None:
+                result.update(ok=False, error=f"no active alert {alert_id!r}")
+            else:
+                self.emit([t])
+                result.update(ok=True, result={"alert": t.alert.id, "state": t.alert.state})
+        elif name == "reload":
+            ok = self.reload()
+            result.update(
+                ok=ok, **({} if ok else {"error": "new config invalid; see the daemon log"})
+            )
+        elif name == "status":
+            result.update(ok=True, result=self.health())
+        else:
+            result.update(ok=False, error=f"unknown command {name!r} (known: ack, reload, status)")
+        result["ts"] = iso(self.clock.time())
+        self.mqtt.publish_now(topic, result)
+
+    # ---- introspection -----------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        up = sum(1 for p in self.pollers.values() if p.online)
+        return {
+            "status": "stopping" if self._stopping.is_set() else "ok",
+            "site": self.config.site,
+            "mqtt_connected": self.mqtt.connected.is_set(),
+            "outbox": self.store.outbox_depth,
+            "devices": len(self.pollers),
+            "devices_up": up,
+            "alerts_active": len(self.book.active),
+        }
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Rows for the terminal view."""
+        rows = []
+        for (room_id, dev_id), p in sorted(self.pollers.items()):
+            alerts = [
+                a for a in self.book.active.values() if a.room == room_id and a.device == dev_id
+            ]
+            rows.append(
+                {
+                    "room": room_id,
+                    "device": dev_id,
+                    "driver": p.driver.kind,
+                    "online": p.online,
+                    "readings": dict(p.readings),
+                    "error": p.error,
+                    "alerts": alerts,
+                }
+            )
+        return rows
+
+
+class _Stop(Exception):
+    pass
+
+
+def state_dir_writable(path: Path) -> str | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return f"state_dir {path}: {exc.strerror or exc}"
+    return None

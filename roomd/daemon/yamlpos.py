@@ -1,0 +1,75 @@
+"""YAML loading that remembers where every key came from, so errors can say FILE:LINE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+Loc = tuple[str | int, ...]
+
+
+@dataclass
+class Located:
+    """A parsed YAML document plus the 1-based line of every key path in it."""
+
+    data: Any
+    lines: dict[Loc, int] = field(default_factory=dict)
+    duplicates: list[tuple[Loc, int]] = field(default_factory=list)
+
+    def line_of(self, loc: Loc) -> int:
+        """Line of `loc`, or of its nearest ancestor that exists in the file."""
+        probe = tuple(loc)
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            probe = probe[:-1]
+        return self.lines.get((), 1)
+
+
+class YamlSyntaxError(Exception):
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def load_located(text: str) -> Located:
+    """Parse one YAML document with the safe loader, keeping line numbers."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        out = Located(data=None)
+        if node is not None:
+            out.data = _walk(loader, node, (), out)
+        return out
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise YamlSyntaxError(line, f"{exc.problem or exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Loc, out: Located) -> Any:
+    out.lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if not isinstance(key, str | int):
+                key = str(key)
+            child = (*path, key)
+            if key in result:
+                out.duplicates.append((child, key_node.start_mark.line + 1))
+            out.lines[child] = key_node.start_mark.line + 1
+            result[key] = _walk(loader, value_node, child, out)
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            out.lines[(*path, i)] = item.start_mark.line + 1
+            items.append(_walk(loader, item, (*path, i), out))
+        return items
+    return loader.construct_object(node, deep=True)

@@ -1,0 +1,203 @@
+"""`roomd demo`: simulators + daemon + a broker + metrics + a live view, nothing to prepare."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .daemon.config import load_config
+from .daemon.supervisor import Daemon
+from .simulators.site import SimulatedSite
+
+log = logging.getLogger("roomd.demo")
+
+SHORT = {
+    "temperature_c": ("T", "°C"),
+    "humidity_pct": ("RH", "%"),
+    "co2_ppm": ("CO2", "ppm"),
+    "illuminance_lux": ("lux", ""),
+    "color_temp_k": ("CCT", "K"),
+}
+
+
+def _port_answers(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.3):
+        return True
+    return False
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port")
+
+
+async def _embedded_broker(port: int) -> Any:
+    try:
+        from amqtt.broker import Broker
+    except ImportError:
+        return None
+    for name in ("amqtt", "transitions"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
+        }
+    )
+    await broker.start()
+    return broker
+
+
+def _fmt_readings(readings: dict[str, Any]) -> str:
+    parts = []
+    for metric, value in readings.items():
+        short, unit = SHORT.get(metric, (metric, ""))
+        if isinstance(value, float):
+            value = f"{value:.1f}".rstrip("0").rstrip(".")
+        parts.append(f"{short} {value}{unit}")
+    return "  ".join(parts)
+
+
+def _table(daemon: Daemon) -> Table:
+    table = Table(expand=True, title=f"roomd demo: site {daemon.config.site}", title_justify="left")
+    table.add_column("room")
+    table.add_column("device")
+    table.add_column("state")
+    table.add_column("readings", ratio=3)
+    table.add_column("alerts", ratio=2)
+    for row in daemon.snapshot():
+        if row["online"] is None:
+            state = Text("…", style="dim")
+        elif row["online"]:
+            state = Text("online", style="green")
+        else:
+            state = Text("OFFLINE", style="bold red")
+        alerts = Text()
+        for a in row["alerts"]:
+            alerts.append(
+                f"[{a.severity}] {a.message}\n",
+                style="red" if a.severity in ("I", "II") else "yellow",
+            )
+        table.add_row(row["room"], row["device"], state, _fmt_readings(row["readings"]), alerts)
+    return table
+
+
+async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
+    console = Console(stderr=False)
+    workdir = Path(tempfile.mkdtemp(prefix="roomd-demo-"))
+    broker = None
+    if _port_answers("127.0.0.1", 1883):
+        mqtt_port = 1883
+        broker_note = "the local broker at 127.0.0.1:1883"
+    else:
+        mqtt_port = _free_port(1883)
+        broker = await _embedded_broker(mqtt_port)
+        if broker is None:
+            console.print(
+                "[red]No broker at 127.0.0.1:1883 and amqtt is not installed: "
+                "pip install 'roomd[demo]' or start mosquitto.[/red]"
+            )
+            return 1
+        broker_note = f"an embedded broker at 127.0.0.1:{mqtt_port}"
+    http_port = _free_port(9880)
+    site = await SimulatedSite(rooms, "demo").start()
+    cfg_path = workdir / "roomd.yaml"
+    site.write_config(
+        cfg_path,
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt_port}",
+        http_listen=f"127.0.0.1:{http_port}",
+        state_dir=str(workdir / "state"),
+        poll="1s",
+    )
+    # Demo timings: short holds so alerts show up and clear within a minute.
+    raw = yaml.safe_load(cfg_path.read_text())
+    for room in raw["rooms"]:
+        room["thresholds"] = {
+            "co2_ppm": {"hold": "5s"},
+            "illuminance_lux": {"hold": "5s"},
+            "temperature_c": {"hold": "10s"},
+            "humidity_pct": {"hold": "10s"},
+        }
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    daemon = Daemon(load_config(cfg_path))
+    events: deque[str] = deque(maxlen=8)
+    handler = _EventLines(events)
+    logging.getLogger("roomd").addHandler(handler)
+    logging.getLogger("roomd").propagate = False
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(daemon.run(), name="daemon")
+    header = Text.from_markup(
+        f"Broker: {broker_note}\n"
+        f"Subscribe: [bold]mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'roomd/#' -v[/bold]\n"
+        f"Metrics:   [bold]http://127.0.0.1:{http_port}/metrics[/bold]   config: {cfg_path}\n"
+        "Scenario: r302 CO2 rises past 1000 ppm, r303's lights go off, r301's RS-485 climate "
+        "sensor stops answering; each recovers. Ctrl-C to stop."
+    )
+
+    def view() -> Group:
+        return Group(header, _table(daemon), Text("\n".join(events), style="cyan"))
+
+    started = time.monotonic()
+    try:
+        if console.is_terminal:
+            with Live(view(), console=console, refresh_per_second=2, screen=False) as live:
+                while not stop.is_set() and not task.done():
+                    if duration and time.monotonic() - started > duration:
+                        break
+                    live.update(view())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.5)
+        else:
+            console.print(header)
+            while not stop.is_set() and not task.done():
+                if duration and time.monotonic() - started > duration:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 5)
+                console.print(_table(daemon))
+                while events:
+                    console.print(events.popleft())
+    finally:
+        daemon.stop()
+        with contextlib.suppress(Exception):
+            await task
+        await site.stop()
+        if broker is not None:
+            with contextlib.suppress(Exception):
+                await broker.shutdown()
+        logging.getLogger("roomd").removeHandler(handler)
+    return 0
+
+
+class _EventLines(logging.Handler):
+    def __init__(self, lines: deque[str]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(time.strftime("%H:%M:%S ") + record.getMessage())

@@ -1,0 +1,91 @@
+"""What every driver is: a config model, a poll that returns readings, optional commands."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..daemon.profiles import ThresholdOverride
+from ..daemon.units import Duration
+
+ReadingValue = float | int | str | bool
+Readings = dict[str, ReadingValue]
+
+_ID = r"^[a-z0-9_-]+$"
+
+
+class DeviceConfig(BaseModel):
+    """Keys every device has. A driver subclasses this with its own keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=_ID)
+    driver: str
+    name: str = ""
+    poll: Duration = 10.0
+    timeout: Duration = 2.0
+    thresholds: dict[str, ThresholdOverride] = {}
+
+
+class DeviceError(Exception):
+    """A device did not give a usable answer. The message is shown to technicians."""
+
+
+class DeviceTimeout(DeviceError):
+    pass
+
+
+class DeviceProtocolError(DeviceError):
+    """Garbage, a bad checksum, a reply that does not match the request."""
+
+
+class DeviceRefused(DeviceError):
+    """The device answered with an error (a Modbus exception code, PJLink ERRx)."""
+
+
+class DeviceUnreachable(DeviceError):
+    """Connection refused, port missing, link down."""
+
+
+class CommandError(Exception):
+    """A command was refused before or by the device; the reason goes to cmd/result."""
+
+
+@dataclass
+class DriverContext:
+    """What the daemon lends a driver: shared resources (e.g. one RTU bus per serial port)."""
+
+    shared: dict[str, Any] = field(default_factory=dict)
+    on_reading: Callable[[Readings], None] | None = None
+
+
+class Driver(ABC):
+    kind: ClassVar[str]
+    config_model: ClassVar[type[DeviceConfig]]
+
+    def __init__(self, config: DeviceConfig, context: DriverContext) -> None:
+        self.config = config
+        self.context = context
+
+    @property
+    def metrics(self) -> list[str]:
+        """Metric names this device produces (for dashboards and discovery)."""
+        return []
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.config, "model", self.kind))
+
+    @abstractmethod
+    async def poll(self) -> Readings:
+        """Read the device once. Raise a DeviceError when it cannot."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sockets and ports. Called on stop and before a retry after an error."""
+
+    async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        raise CommandError(f"unknown command {name!r} for a {self.kind} device")

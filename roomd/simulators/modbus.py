@@ -1,0 +1,277 @@
+"""Simulated Modbus sensors: Modbus TCP servers on 127.0.0.1 and RTU buses on pseudo-terminals.
+
+They speak the real frames (pymodbus's framers and PDU classes, server side), take their register
+layout from the same device model the driver reads, and can be told to misbehave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pymodbus.framer import FramerRTU, FramerSocket
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+    WriteSingleRegisterRequest,
+    WriteSingleRegisterResponse,
+)
+
+from ..daemon.profiles import DeviceModel, load_model
+
+Fault = Literal["none", "silent", "exception", "corrupt", "slow", "disconnect"]
+FAULTS: tuple[Fault, ...] = ("none", "silent", "exception", "corrupt", "slow", "disconnect")
+
+ValueSource = Callable[[str], float | None]
+
+
+@dataclass
+class SimSensor:
+    """One sensor's registers. Values come from `source(metric)` unless pinned with `set`."""
+
+    model: DeviceModel
+    unit: int
+    source: ValueSource | None = None
+    fault: Fault = "none"
+    planned: Fault = "none"  # the scenario's last fault, so manual faults are not undone
+    slow_delay: float = 3.0
+    pinned: dict[str, float] = field(default_factory=dict)
+    written: dict[int, int] = field(default_factory=dict)
+    requests: int = 0
+
+    @classmethod
+    def of(cls, model: str, unit: int | None = None, **values: float) -> SimSensor:
+        m = load_model(model)
+        return cls(model=m, unit=m.default_unit if unit is None else unit, pinned=dict(values))
+
+    def set(self, **values: float) -> None:
+        self.pinned.update(values)
+
+    def value(self, metric: str) -> float:
+        if metric in self.pinned:
+            return self.pinned[metric]
+        if self.source is not None:
+            v = self.source(metric)
+            if v is not None:
+                return v
+        return 0.0
+
+    def registers(self, function: int, address: int, count: int) -> list[int] | None:
+        """The words at [address, address+count), or None for an illegal address."""
+        words: dict[int, int] = {}
+        for spec in self.model.registers:
+            if spec.function != function:
+                continue
+            for i, w in enumerate(spec.encode(self.value(spec.metric))):
+                words[spec.address + i] = w
+        if function == 3:
+            words.update(self.written)
+        if not words or address < min(words) or address + count - 1 > max(words):
+            return None
+        return [words.get(a, 0) for a in range(address, address + count)]
+
+    def handle(self, request: ModbusPDU) -> ModbusPDU:
+        self.requests += 1
+        fc = request.function_code
+        if self.fault == "exception":
+            return ExceptionResponse(fc, 4)  # device failure
+        if fc in (3, 4):
+            regs = self.registers(fc, request.address, request.count)
+            if regs is None:
+                return ExceptionResponse(fc, 2)
+            cls = ReadHoldingRegistersResponse if fc == 3 else ReadInputRegistersResponse
+            return cls(registers=regs)
+        if fc == 6:
+            self.written[request.address] = request.registers[0]
+            return WriteSingleRegisterResponse(
+                address=request.address, registers=list(request.registers)
+            )
+        return ExceptionResponse(fc, 1)
+
+
+_ = (ReadHoldingRegistersRequest, WriteSingleRegisterRequest)  # registered request decoders
+
+
+def _reply_bytes(framer: FramerSocket | FramerRTU, request: ModbusPDU, reply: ModbusPDU) -> bytes:
+    reply.dev_id = request.dev_id
+    reply.transaction_id = request.transaction_id
+    return bytes(framer.buildFrame(reply))
+
+
+class _TcpSession(asyncio.Protocol):
+    def __init__(self, server: ModbusTcpSim) -> None:
+        self.server = server
+        self.framer = FramerSocket(DecodePDU(is_server=True))
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.sessions.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.sessions.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while self.transport is not None:
+            used, dev_id, tid, pdu_bytes = self.framer.decode(self.buffer)
+            if not used:
+                return
+            self.buffer = self.buffer[used:]
+            try:
+                request = self.framer.decoder.decode(pdu_bytes)
+            except Exception:
+                request = None
+            if request is None:
+                continue
+            request.dev_id, request.transaction_id = dev_id, tid
+            self._answer(request)
+
+    def _answer(self, request: ModbusPDU) -> None:
+        sensor = self.server.sensors.get(request.dev_id) or self.server.sensors.get(0)
+        if sensor is None:
+            # A gateway with no such unit answers "gateway target failed to respond".
+            reply: ModbusPDU = ExceptionResponse(request.function_code, 11)
+            self._send(_reply_bytes(self.framer, request, reply))
+            return
+        if sensor.fault == "silent":
+            return
+        if sensor.fault == "disconnect":
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        if sensor.fault == "corrupt":
+            self._send(b"\x13\x37\xde\xad\xbe\xef\x00\x01\x02\x03\x04")
+            return
+        frame = _reply_bytes(self.framer, request, sensor.handle(request))
+        if sensor.fault == "slow":
+            asyncio.get_running_loop().call_later(sensor.slow_delay, self._send, frame)
+        else:
+            self._send(frame)
+
+    def _send(self, frame: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(frame)
+
+
+class ModbusTcpSim:
+    """A Modbus TCP server on 127.0.0.1 hosting one or more units (a sensor or a gateway)."""
+
+    def __init__(self, sensors: list[SimSensor], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sensors = {s.unit: s for s in sensors}
+        self.host = host
+        self.port = port
+        self.server: asyncio.Server | None = None
+        self.sessions: set[_TcpSession] = set()
+
+    @property
+    def sensor(self) -> SimSensor:
+        return next(iter(self.sensors.values()))
+
+    async def start(self) -> ModbusTcpSim:
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: _TcpSession(self), self.host, self.port, reuse_address=True
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def drop_connections(self) -> None:
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.drop_connections()
+            await self.server.wait_closed()
+            self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class ModbusRtuSim:
+    """An RS-485 bus on a pseudo-terminal. The driver opens `path`; units share the line."""
+
+    def __init__(self, sensors: list[SimSensor]) -> None:
+        self.sensors = {s.unit: s for s in sensors}
+        self.framer = FramerRTU(DecodePDU(is_server=True))
+        self.master = -1
+        self.slave = -1
+        self.path = ""
+        self.buffer = b""
+        self.frames_seen = 0
+
+    def start(self) -> ModbusRtuSim:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tty.setraw(self.master)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        return self
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            return  # EIO while nobody holds the port open
+        self.buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        while len(self.buffer) >= 4:
+            used, dev_id, _tid, pdu_bytes = self.framer.decode(self.buffer)
+            if not used:
+                return
+            self.buffer = self.buffer[used:]
+            if not pdu_bytes:
+                continue  # bad CRC: a real slave stays silent
+            self.frames_seen += 1
+            try:
+                request = self.framer.decoder.decode(pdu_bytes)
+            except Exception:
+                continue
+            if request is None:
+                continue
+            request.dev_id = dev_id
+            sensor = self.sensors.get(dev_id)
+            if sensor is None or sensor.fault in ("silent", "disconnect"):
+                continue  # not ours: another unit on the bus would answer
+            if sensor.fault == "corrupt":
+                broken = bytearray(_reply_bytes(self.framer, request, sensor.handle(request)))
+                broken[-1] ^= 0xFF  # break the CRC
+                self._write(bytes(broken))
+                continue
+            frame = _reply_bytes(self.framer, request, sensor.handle(request))
+            if sensor.fault == "slow":
+                asyncio.get_running_loop().call_later(sensor.slow_delay, self._write, frame)
+            else:
+                self._write(frame)
+
+    def _write(self, frame: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.master, frame)
+
+    def stop(self) -> None:
+        if self.master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master)
+            for fd in (self.master, self.slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.master = self.slave = -1

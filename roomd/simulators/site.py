@@ -1,0 +1,146 @@
+"""A simulated site: every room's devices served on 127.0.0.1 and pseudo-terminals, plus the
+site config that polls them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
+from .scenario import SCENARIOS, Scenario
+
+
+@dataclass
+class SimRoom:
+    index: int
+    id: str
+    name: str
+    tcp: dict[str, ModbusTcpSim] = field(default_factory=dict)
+    rtu: ModbusRtuSim | None = None
+    rtu_units: dict[str, SimSensor] = field(default_factory=dict)
+
+    def sensor(self, device: str) -> SimSensor:
+        if device in self.tcp:
+            return self.tcp[device].sensor
+        return self.rtu_units[device]
+
+
+class SimulatedSite:
+    def __init__(self, rooms: int = 3, scenario: str = "normal", rtu: bool = True) -> None:
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
+        self.scenario: Scenario = SCENARIOS[scenario]
+        self.n_rooms = rooms
+        self.with_rtu = rtu
+        self.rooms: list[SimRoom] = []
+        self.t0 = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _source(self, room: int) -> Any:
+        return lambda metric: self.scenario.value(room, metric, self.elapsed())
+
+    async def start(self) -> SimulatedSite:
+        for i in range(self.n_rooms):
+            number = 301 + i
+            room = SimRoom(index=i, id=f"r{number}", name=f"City Hall {number}")
+            env = SimSensor.of("generic-iaq")
+            env.source = self._source(i)
+            room.tcp["env"] = await ModbusTcpSim([env]).start()
+            if self.with_rtu:
+                climate = SimSensor.of("xy-md02", unit=1)
+                co2 = SimSensor.of("senseair-s8", unit=254)
+                climate.source = co2.source = self._source(i)
+                room.rtu = ModbusRtuSim([climate, co2]).start()
+                room.rtu_units = {"climate": climate, "co2": co2}
+            self.rooms.append(room)
+        self._task = asyncio.create_task(self._faults(), name="sim-faults")
+        return self
+
+    async def _faults(self) -> None:
+        while True:
+            t = self.elapsed()
+            for room in self.rooms:
+                for device in [*room.tcp, *room.rtu_units]:
+                    sensor = room.sensor(device)
+                    planned = self.scenario.fault(room.index, device, t)
+                    if sensor.planned != planned:
+                        sensor.fault = sensor.planned = planned
+            await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for room in self.rooms:
+            for sim in room.tcp.values():
+                await sim.stop()
+            if room.rtu is not None:
+                room.rtu.stop()
+
+    def config(
+        self,
+        site: str = "hq",
+        mqtt_url: str = "mqtt://127.0.0.1:1883",
+        http_listen: str = "127.0.0.1:9880",
+        state_dir: str = "./state",
+        poll: str = "2s",
+    ) -> dict[str, Any]:
+        rooms = []
+        for room in self.rooms:
+            devices: list[dict[str, Any]] = [
+                {
+                    "id": "env",
+                    "driver": "modbus",
+                    "model": "generic-iaq",
+                    "host": room.tcp["env"].address,
+                    "poll": poll,
+                    "timeout": "1s",
+                },
+            ]
+            if room.rtu is not None:
+                devices += [
+                    {
+                        "id": "climate",
+                        "driver": "modbus",
+                        "model": "xy-md02",
+                        "port": room.rtu.path,
+                        "unit": 1,
+                        "poll": poll,
+                        "timeout": "500ms",
+                    },
+                    {
+                        "id": "co2",
+                        "driver": "modbus",
+                        "model": "senseair-s8",
+                        "port": room.rtu.path,
+                        "unit": 254,
+                        "poll": poll,
+                        "timeout": "500ms",
+                    },
+                ]
+            rooms.append(
+                {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40, "devices": devices}
+            )
+        return {
+            "site": site,
+            "mqtt": {"url": mqtt_url},
+            "http": {"listen": http_listen},
+            "state_dir": state_dir,
+            "profile": "standard",
+            "rooms": rooms,
+        }
+
+    def write_config(self, path: Path, **kwargs: Any) -> None:
+        text = "# Written by `roomd simulate`: polls the simulated devices it serves.\n"
+        text += yaml.safe_dump(self.config(**kwargs), sort_keys=False, width=120)
+        path.write_text(text, encoding="utf-8")
