@@ -134,6 +134,7 @@ class AlertBook:
             if metric_rules is None or isinstance(value, str):
                 continue
             v = float(value)
+            raised: list[Transition] = []  # after this metric's clears: low cleared, then high raised
             for rule in metric_rules:
                 alert_id = f"{room}.{device}.{metric}.{rule.rule}"
                 current = self.active.get(alert_id)
@@ -147,7 +148,7 @@ class AlertBook:
                         pending = self._raising[alert_id] = _Pending(now)
                     if now - pending.since >= rule.hold:
                         del self._raising[alert_id]
-                        out.append(self._raise(alert_id, room, device, rule, v, detail))
+                        raised.append(self._raise(alert_id, room, device, rule, v, detail))
                 else:
                     self._raising.pop(alert_id, None)
                     if not rule.cleared(v):
@@ -159,6 +160,8 @@ class AlertBook:
                     if now - pending.since >= rule.clear_hold:
                         del self._clearing[alert_id]
                         out.append(self._clear(current, v, "back within limits"))
+            if raised:
+                out.extend(raised)
         return out
 
     def _raise(

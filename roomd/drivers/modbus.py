@@ -190,6 +190,32 @@ class _TcpLink(asyncio.Protocol):
             self.transport = None
 
 
+def split_rtu_frame(framer: FramerRTU, data: bytes) -> tuple[int, int, bytes | None]:
+    """Find the first whole RTU frame in `data` using pymodbus's PDU size rules and CRC.
+
+    Returns (bytes consumed, unit, pdu bytes); pdu is None for a bad CRC; consumed is 0 when
+    more bytes are needed. Unlike FramerRTU.decode, bytes after the frame are left alone, so
+    two frames read at once are both seen.
+    """
+    for start in range(len(data)):
+        if len(data) - start < framer.MIN_SIZE:
+            return 0, 0, b""
+        pdu_class = framer.decoder.lookupPduClass(data[start:])
+        if pdu_class is None:
+            continue
+        size = pdu_class.calculateRtuFrameSize(data[start:])
+        if not size:
+            return 0, 0, b""
+        if len(data) < start + size:
+            return 0, 0, b""
+        end = start + size
+        crc = int.from_bytes(data[end - 2 : end], "big")
+        if not FramerRTU.check_CRC(data[start : end - 2], crc):
+            return end, data[start], None
+        return end, data[start], data[start + 1 : end - 2]
+    return 0, 0, b""
+
+
 class _SerialProtocol(asyncio.Protocol):
     def __init__(self, bus: RtuBus) -> None:
         self.bus = bus
@@ -288,11 +314,11 @@ class RtuBus:
     def _take_frame(self, dev_id: int) -> ModbusPDU | None:
         if len(self.buffer) < 4:
             return None
-        used, got_dev, _tid, pdu_bytes = self.framer.decode(self.buffer)
+        used, got_dev, pdu_bytes = split_rtu_frame(self.framer, self.buffer)
         if not used:
             return None
         self.buffer = self.buffer[used:]
-        if not pdu_bytes:
+        if pdu_bytes is None:
             raise DeviceProtocolError(
                 f"unit {dev_id} on {self.port}: bad CRC or garbage on the bus"
             )

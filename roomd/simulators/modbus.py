@@ -25,6 +25,7 @@ from pymodbus.pdu.register_message import (
 )
 
 from ..daemon.profiles import DeviceModel, load_model
+from ..drivers.modbus import split_rtu_frame
 
 Fault = Literal["none", "silent", "exception", "corrupt", "slow", "disconnect"]
 FAULTS: tuple[Fault, ...] = ("none", "silent", "exception", "corrupt", "slow", "disconnect")
@@ -235,11 +236,11 @@ class ModbusRtuSim:
 
     def _process(self) -> None:
         while len(self.buffer) >= 4:
-            used, dev_id, _tid, pdu_bytes = self.framer.decode(self.buffer)
+            used, dev_id, pdu_bytes = split_rtu_frame(self.framer, self.buffer)
             if not used:
                 return
             self.buffer = self.buffer[used:]
-            if not pdu_bytes:
+            if pdu_bytes is None:
                 continue  # bad CRC: a real slave stays silent
             self.frames_seen += 1
             try:

@@ -1,0 +1,180 @@
+"""The Modbus driver against simulated sensors over real TCP sockets and pseudo-terminals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from roomd.drivers.base import (
+    CommandError, DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverContext,
+)
+from roomd.drivers.modbus import ModbusConfig, ModbusDriver
+from roomd.simulators.modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
+
+
+def driver(ctx: DriverContext, model: str, timeout: float = 0.3, **kw: object) -> ModbusDriver:
+    cfg = ModbusConfig.model_validate({"id": "d", "driver": "modbus", "model": model,
+                                       "timeout": timeout, **kw})
+    return ModbusDriver(cfg, ctx)
+
+
+@pytest.mark.parametrize(
+    ("model", "values"),
+    [
+        ("xy-md02", {"temperature_c": -4.5, "humidity_pct": 61.2}),
+        ("scd30", {"co2_ppm": 1234.5, "temperature_c": 21.25, "humidity_pct": 44.5}),
+        ("senseair-s8", {"co2_ppm": 987}),
+        ("rs485-lux", {"illuminance_lux": 123456}),
+        ("generic-iaq", {"temperature_c": 22.31, "humidity_pct": 47.5, "co2_ppm": 812,
+                         "illuminance_lux": 70000, "color_temp_k": 4500}),
+    ],
+)
+async def test_every_model_over_tcp(model: str, values: dict[str, float]) -> None:
+    sim = await ModbusTcpSim([SimSensor.of(model, **values)]).start()
+    try:
+        d = driver(DriverContext(), model, host=sim.address)
+        assert await d.poll() == pytest.approx(values)
+        await d.close()
+    finally:
+        await sim.stop()
+
+
+async def test_rtu_bus_shared_by_two_units_on_a_pty() -> None:
+    bus = ModbusRtuSim([SimSensor.of("xy-md02", temperature_c=23.5, humidity_pct=40.1),
+                        SimSensor.of("senseair-s8", co2_ppm=654)]).start()
+    ctx = DriverContext()
+    try:
+        th = driver(ctx, "xy-md02", port=bus.path)
+        co2 = driver(ctx, "senseair-s8", port=bus.path)
+        results = await asyncio.gather(*(d.poll() for d in (th, co2, th, co2)))
+        assert results == [{"temperature_c": 23.5, "humidity_pct": 40.1}, {"co2_ppm": 654}] * 2
+        assert len(ctx.shared) == 1  # one port, one bus
+    finally:
+        for b in ctx.shared.values():
+            b.close()
+        bus.stop()
+
+
+async def test_a_silent_unit_costs_one_timeout_and_never_stalls_the_bus() -> None:
+    silent = SimSensor.of("xy-md02", unit=2, temperature_c=1, humidity_pct=1)
+    silent.fault = "silent"
+    bus = ModbusRtuSim([SimSensor.of("senseair-s8", co2_ppm=700), silent]).start()
+    ctx = DriverContext()
+    try:
+        quiet = driver(ctx, "xy-md02", unit=2, port=bus.path, timeout=0.2)
+        good = driver(ctx, "senseair-s8", port=bus.path, timeout=0.2)
+
+        async def poll_good() -> tuple[float, dict[str, object]]:
+            t0 = time.monotonic()
+            r = await good.poll()
+            return time.monotonic() - t0, dict(r)
+
+        outcome = await asyncio.gather(quiet.poll(), poll_good(), return_exceptions=True)
+        assert isinstance(outcome[0], DeviceTimeout)
+        elapsed, readings = outcome[1]  # type: ignore[misc]
+        assert readings == {"co2_ppm": 700}
+        assert elapsed < 0.2 + 0.15  # waited at most the silent unit's one timeout
+        # And the good unit keeps answering at full speed afterwards.
+        t0 = time.monotonic()
+        for _ in range(10):
+            assert await good.poll() == {"co2_ppm": 700}
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        for b in ctx.shared.values():
+            b.close()
+        bus.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "match"),
+    [
+        ("silent", DeviceTimeout, "no reply within"),
+        ("exception", DeviceRefused, r"Modbus exception 4 \(device failure\)"),
+        ("corrupt", DeviceProtocolError, "corrupt Modbus TCP frame"),
+        ("slow", DeviceTimeout, "no reply within"),
+        ("disconnect", DeviceUnreachable, "connection closed"),
+    ],
+)
+async def test_tcp_faults_then_recovery(fault: str, error: type[Exception], match: str) -> None:
+    sensor = SimSensor.of("senseair-s8", co2_ppm=800)
+    sim = await ModbusTcpSim([sensor]).start()
+    d = driver(DriverContext(), "senseair-s8", host=sim.address, timeout=0.3)
+    try:
+        assert await d.poll() == {"co2_ppm": 800}
+        sensor.fault = fault  # type: ignore[assignment]
+        sensor.slow_delay = 0.6
+        with pytest.raises(error, match=match):
+            await d.poll()
+        await d.close()
+        sensor.fault = "none"
+        sensor.set(co2_ppm=810)
+        assert await d.poll() == {"co2_ppm": 810}
+    finally:
+        await d.close()
+        await sim.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [("silent", DeviceTimeout), ("exception", DeviceRefused), ("corrupt", DeviceProtocolError),
+     ("slow", DeviceTimeout)],
+)
+async def test_rtu_faults_then_recovery(fault: str, error: type[Exception]) -> None:
+    sensor = SimSensor.of("xy-md02", temperature_c=21.0, humidity_pct=50.0)
+    bus = ModbusRtuSim([sensor]).start()
+    ctx = DriverContext()
+    d = driver(ctx, "xy-md02", port=bus.path, timeout=0.3)
+    try:
+        assert await d.poll() == {"temperature_c": 21.0, "humidity_pct": 50.0}
+        sensor.fault = fault  # type: ignore[assignment]
+        sensor.slow_delay = 0.5
+        with pytest.raises(error):
+            await d.poll()
+        sensor.fault = "none"
+        await asyncio.sleep(0.5)  # let a slow reply arrive late: it must not confuse the next poll
+        assert await d.poll() == {"temperature_c": 21.0, "humidity_pct": 50.0}
+    finally:
+        for b in ctx.shared.values():
+            b.close()
+        bus.stop()
+
+
+async def test_unreachable_host_and_missing_port() -> None:
+    from tests.conftest import free_port
+
+    d = driver(DriverContext(), "senseair-s8", host=f"127.0.0.1:{free_port()}")
+    with pytest.raises(DeviceUnreachable, match="cannot connect"):
+        await d.poll()
+    ctx = DriverContext()
+    d2 = driver(ctx, "senseair-s8", port="/dev/does-not-exist")
+    with pytest.raises(DeviceUnreachable, match="cannot open /dev/does-not-exist"):
+        await d2.poll()
+
+
+async def test_illegal_address_and_write_command() -> None:
+    sensor = SimSensor.of("generic-iaq", temperature_c=22)
+    sim = await ModbusTcpSim([sensor]).start()
+    try:
+        d = driver(DriverContext(), "generic-iaq", host=sim.address)
+        result = await d.command("write", {"register": "unoccupied_setpoint_c"})
+        assert result == {"register": "unoccupied_setpoint_c", "raw": 260}
+        assert sensor.written == {0x100: 260}
+        with pytest.raises(CommandError, match="has no write 'nope'"):
+            await d.command("write", {"register": "nope"})
+        with pytest.raises(CommandError, match="unknown command 'explode'"):
+            await d.command("explode", {})
+        # A model whose map asks for registers the device does not have → exception 2.
+        wrong = driver(DriverContext(), "scd30", host=sim.address, unit=1)
+        with pytest.raises(DeviceRefused, match="illegal data address"):
+            await wrong.poll()
+        # A unit that is not behind this gateway → exception 11.
+        absent = driver(DriverContext(), "scd30", host=sim.address)
+        with pytest.raises(DeviceRefused, match=r"exception 11 \(gateway target failed"):
+            await absent.poll()
+        await absent.close()
+        await d.close()
+        await wrong.close()
+    finally:
+        await sim.stop()

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+from roomd.daemon.alerts import AlertBook
+from roomd.daemon.clock import FakeClock
+from roomd.daemon.profiles import Threshold, load_profile
+
+
+def book_with(**thresholds: Threshold) -> tuple[AlertBook, FakeClock]:
+    clock = FakeClock()
+    book = AlertBook(clock)
+    book.set_rules("r301", "env", thresholds)
+    return book, clock
+
+
+def test_hold_time_then_raise_once() -> None:
+    book, clock = book_with(co2_ppm=Threshold(max=1000, hysteresis=50, hold=30, unit="ppm", label="CO2"))
+    assert book.observe("r301", "env", {"co2_ppm": 1240}) == []
+    clock.advance(29)
+    assert book.observe("r301", "env", {"co2_ppm": 1240}) == []
+    clock.advance(1)
+    (t,) = book.observe("r301", "env", {"co2_ppm": 1240})
+    assert t.kind == "raised"
+    a = t.alert
+    assert a.id == "r301.env.co2_ppm.max"
+    assert (a.room, a.device, a.metric, a.rule, a.limit, a.value, a.unit) == (
+        "r301", "env", "co2_ppm", "max", 1000, 1240, "ppm")
+    assert a.message == "CO2 1240 ppm above 1000 ppm"
+    assert a.severity == "III" and a.state == "active" and a.since.endswith("Z")
+    clock.advance(60)
+    assert book.observe("r301", "env", {"co2_ppm": 1300}) == []  # raised once
+
+
+def test_a_dip_restarts_the_hold() -> None:
+    book, clock = book_with(co2_ppm=Threshold(max=1000, hold=30))
+    book.observe("r301", "env", {"co2_ppm": 1100})
+    clock.advance(20)
+    book.observe("r301", "env", {"co2_ppm": 900})
+    clock.advance(20)
+    assert book.observe("r301", "env", {"co2_ppm": 1100}) == []
+    clock.advance(29)
+    assert book.observe("r301", "env", {"co2_ppm": 1100}) == []
+    clock.advance(1)
+    assert len(book.observe("r301", "env", {"co2_ppm": 1100})) == 1
+
+
+def test_hysteresis_clears_once() -> None:
+    book, clock = book_with(co2_ppm=Threshold(max=1000, hysteresis=50))
+    assert book.observe("r301", "env", {"co2_ppm": 1001})[0].kind == "raised"
+    # Back at the limit but inside the hysteresis band: still active.
+    assert book.observe("r301", "env", {"co2_ppm": 1000}) == []
+    assert book.observe("r301", "env", {"co2_ppm": 951}) == []
+    (t,) = book.observe("r301", "env", {"co2_ppm": 950})
+    assert t.kind == "cleared" and t.alert.state == "cleared" and t.alert.id == "r301.env.co2_ppm.max"
+    assert book.observe("r301", "env", {"co2_ppm": 900}) == []
+    assert book.active == {}
+
+
+def test_min_and_max_are_separate_alerts() -> None:
+    book, _ = book_with(temperature_c=Threshold(min=20, max=24, hysteresis=0.5, unit="°C",
+                                                label="Temperature"))
+    (low,) = book.observe("r301", "env", {"temperature_c": 19.2})
+    assert low.alert.id == "r301.env.temperature_c.min"
+    assert low.alert.message == "Temperature 19.2 °C below 20 °C"
+    assert book.observe("r301", "env", {"temperature_c": 20.4}) == []
+    kinds = [(t.kind, t.alert.rule) for t in book.observe("r301", "env", {"temperature_c": 25})]
+    assert kinds == [("cleared", "min"), ("raised", "max")]
+
+
+def test_clear_hold() -> None:
+    book, clock = book_with(x=Threshold(max=10, clear_hold=5))
+    book.observe("r301", "env", {"x": 11})
+    assert book.observe("r301", "env", {"x": 5}) == []
+    clock.advance(5)
+    assert [t.kind for t in book.observe("r301", "env", {"x": 5})] == ["cleared"]
+
+
+def test_acknowledge_and_restore() -> None:
+    book, _ = book_with(x=Threshold(max=10))
+    book.observe("r301", "env", {"x": 11})
+    t = book.acknowledge("r301.env.x.max", by="tech")
+    assert t is not None and t.alert.state == "acknowledged"
+    assert book.acknowledge("nope") is None
+    # A new book built from persisted alerts does not raise them again.
+    book2 = AlertBook(FakeClock(), book.active.values())
+    book2.set_rules("r301", "env", {"x": Threshold(max=10)})
+    assert book2.observe("r301", "env", {"x": 12}) == []
+    assert [t.kind for t in book2.observe("r301", "env", {"x": 3})] == ["cleared"]
+
+
+def test_text_values_and_unknown_metrics_are_ignored() -> None:
+    book, _ = book_with(x=Threshold(max=10))
+    assert book.observe("r301", "env", {"x": "on", "y": 99}) == []
+    assert book.observe("r301", "other", {"x": 99}) == []
+
+
+def test_offline_message_and_disabled_rule() -> None:
+    profile = load_profile("standard")
+    book, _ = book_with(**{**profile.thresholds, "co2_ppm": Threshold(max=1000, enabled=False)})
+    (t,) = book.observe("r301", "env", {"online": 0, "co2_ppm": 5000}, detail="no reply within 1s")
+    assert t.alert.id == "r301.env.online.min" and t.alert.severity == "II"
+    assert t.alert.message == "env offline: no reply within 1s"
+    assert [x.kind for x in book.observe("r301", "env", {"online": 1})] == ["cleared"]
+
+
+def test_standard_profile_has_every_rule_of_the_standard() -> None:
+    t = load_profile("standard").thresholds
+    expect = {
+        "temperature_c": (20, 24), "humidity_pct": (40, 60), "co2_ppm": (None, 1000),
+        "illuminance_lux": (500, None), "color_temp_k": (4000, 5000), "sound_level_db": (85, None),
+        "snr_db": (40, None), "link_mbps": (100, None), "wifi_rssi_dbm": (-65, None),
+        "air_changes_per_hour": (4, None), "area_per_person_m2": (1.5, None),
+        "signin_latency_s": (None, 5), "input_lines": (1080, None), "rated_lumens": (3000, None),
+        "audio_dropouts": (None, 0), "online": (1, None),
+    }
+    for metric, (lo, hi) in expect.items():
+        assert (t[metric].min, t[metric].max) == (lo, hi), metric
+    assert t["online"].severity == "II"

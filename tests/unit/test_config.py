@@ -1,0 +1,178 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from roomd.daemon.config import ConfigError, load_config
+from roomd.daemon.units import format_duration, parse_duration
+
+GOOD = """\
+site: hq
+mqtt:
+  url: mqtt://127.0.0.1:1883
+  topic_prefix: roomd
+http:
+  listen: 127.0.0.1:9880
+state_dir: {state}
+profile: standard
+rooms:
+  - id: r301
+    name: "City Hall 301"
+    area_m2: 60
+    seats: 40
+    thresholds:
+      co2_ppm: {{max: 800}}
+    devices:
+      - {{id: env, driver: modbus, model: generic-iaq, host: 10.1.3.40, unit: 1, poll: 5s}}
+      - {{id: climate, driver: modbus, model: xy-md02, port: /dev/ttyUSB0, poll: 500ms}}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "roomd.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_config_loads_with_overrides(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, GOOD.format(state=tmp_path)))
+    room = cfg.rooms[0]
+    assert [d.id for d in room.devices] == ["env", "climate"]
+    assert room.devices[1].poll == 0.5
+    # The override changes only `max`; hysteresis and hold come from the profile.
+    co2 = room.thresholds["co2_ppm"]
+    assert co2.max == 800 and co2.hysteresis == 50 and co2.hold == 30
+    assert room.thresholds["temperature_c"].min == 20
+
+
+def test_three_problems_three_lines(tmp_path: Path) -> None:
+    text = """\
+site: hq
+rooms:
+  - id: r301
+    devices:
+      - {id: env, driver: modbus, model: generic-iaq, host: 10.0.0.1, pol: 5s}
+  - name: no id here
+    devices:
+      - id: env
+        driver: modbus
+        model: generic-iaq
+        host: 10.0.0.2
+        poll: 5 parsecs
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    lines = [str(i) for i in info.value.issues]
+    path = tmp_path / "roomd.yaml"
+    assert f"{path}:5: rooms[0].devices[0].pol: unknown key" in lines
+    assert any(s.startswith(f"{path}:6: rooms[1].id: required key is missing") for s in lines)
+    assert any(
+        s.startswith(f"{path}:12: rooms[1].devices[0].poll: invalid duration '5 parsecs'")
+        for s in lines
+    )
+    assert len(lines) == 3
+
+
+def test_validate_cli_exit_codes(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD.format(state=tmp_path))
+    run = subprocess.run(
+        [sys.executable, "-m", "roomd", "validate", "-c", str(good)], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ok" in run.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("site: hq\nrooms:\n  - id: R 301\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "roomd", "validate", "-c", str(bad)], capture_output=True, text=True
+    )
+    assert run.returncode == 2
+    assert f"{bad}:3: rooms[0].id: String should match pattern" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("snippet", "expected"),
+    [
+        ("driver: pjlinkk", "rooms[0].devices[0].driver: unknown driver 'pjlinkk'"),
+        ("driver: modbus, model: nosuch, host: a", "rooms[0].devices[0].model: Value error"),
+        ("driver: modbus, model: xy-md02", "give `host` (Modbus TCP) or `port`"),
+        ("driver: modbus, model: xy-md02, host: 'a:99999'", "port 99999 out of range"),
+    ],
+)
+def test_device_errors_name_the_key(tmp_path: Path, snippet: str, expected: str) -> None:
+    text = f"site: hq\nrooms:\n  - id: r1\n    devices:\n      - {{id: d, {snippet}}}\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    text_out = str(info.value)
+    assert expected.split(": Value error")[0] in text_out, text_out
+    assert ":5: " in text_out
+
+
+def test_duplicates_and_unknown_threshold(tmp_path: Path) -> None:
+    text = """\
+site: hq
+rooms:
+  - id: r1
+    thresholds:
+      co2: {hold: 5s}
+    devices:
+      - {id: a, driver: modbus, model: xy-md02, host: h}
+      - {id: a, driver: modbus, model: xy-md02, host: h}
+  - id: r1
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert ":5: rooms[0].thresholds.co2: no threshold 'co2'" in out
+    assert ":8: rooms[0].devices[1].id: duplicate device id 'a'" in out
+    assert ":9: rooms[1].id: duplicate room id 'r1'" in out
+
+
+def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, "site: hq\nrooms:\n  - id: r1\n   bad: [\n"))
+    assert str(info.value).startswith(f"{tmp_path / 'roomd.yaml'}:4: (yaml):")
+
+
+def test_env_and_secret_files_never_leak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = tmp_path / "pass"
+    secret.write_text("s3cr3t-file\n")
+    monkeypatch.setenv("ROOMD_TEST_PW", "s3cr3t-env")
+    text = f"""\
+site: hq
+mqtt: {{url: "mqtt://${{ROOMD_TEST_HOST}}:1883", username: u, password: "${{ROOMD_TEST_PW}}"}}
+rooms: [{{id: r1}}]
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert ":2: mqtt.url: environment variable ROOMD_TEST_HOST is not set" in str(info.value)
+    monkeypatch.setenv("ROOMD_TEST_HOST", "broker.example")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.mqtt.secret() == "s3cr3t-env"
+    assert "s3cr3t" not in repr(cfg) and "s3cr3t" not in str(cfg.mqtt)
+    text2 = f"site: hq\nmqtt: {{username: u, password_file: {secret}}}\nrooms: [{{id: r1}}]\n"
+    cfg2 = load_config(write(tmp_path, text2))
+    assert cfg2.mqtt.secret() == "s3cr3t-file"
+    text3 = "site: hq\nmqtt: {password_file: /nonexistent/pw}\nrooms: [{id: r1}]\n"
+    with pytest.raises(ConfigError, match=r":2: mqtt.password_file: cannot read /nonexistent/pw"):
+        load_config(write(tmp_path, text3))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("10s", 10), ("5m", 300), ("2h", 7200), ("1.5s", 1.5), (3, 3.0), ("7", 7)],
+)
+def test_durations(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["10 minutes", "-5s", "", "s", True, None, -1])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+def test_format_duration() -> None:
+    assert [format_duration(x) for x in (0.5, 10, 300, 7200, 90)] == ["500ms", "10s", "5m", "2h", "90s"]
