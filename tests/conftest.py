@@ -94,8 +94,9 @@ class Message:
 class Recorder:
     """Subscribes to everything and keeps what arrives, in order."""
 
-    def __init__(self, port: int, topic: str = "#", client_id: str | None = None,
-                 clean: bool = True) -> None:
+    def __init__(
+        self, port: int, topic: str = "#", client_id: str | None = None, clean: bool = True
+    ) -> None:
         self.messages: list[Message] = []
         self.lock = threading.Lock()
         self.port = port
@@ -113,7 +114,9 @@ class Recorder:
 
     def _on_message(self, c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
-            self.messages.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.time()))
+            self.messages.append(
+                Message(msg.topic, bytes(msg.payload), bool(msg.retain), time.time())
+            )
 
     def start(self) -> Recorder:
         self.client.connect("127.0.0.1", self.port)
@@ -143,7 +146,9 @@ class Recorder:
                 return found
             await asyncio.sleep(0.02)
         seen = "\n".join(f"  {m.topic} {m.payload[:120]!r}" for m in self.messages[-30:])
-        raise AssertionError(f"timed out waiting for {count} matching message(s); last seen:\n{seen}")
+        raise AssertionError(
+            f"timed out waiting for {count} matching message(s); last seen:\n{seen}"
+        )
 
     def publish(self, topic: str, payload: Any) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -101,8 +101,14 @@ class AlertBook:
         self._raising: dict[str, _Pending] = {}
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
+        self._by_device: dict[tuple[str, str], int] = {}
         for alert in self.active.values():
-            self._by_room[alert.room] = self._by_room.get(alert.room, 0) + 1
+            self._count(alert, +1)
+
+    def _count(self, alert: Alert, delta: int) -> None:
+        self._by_room[alert.room] = max(0, self._by_room.get(alert.room, 0) + delta)
+        key = (alert.room, alert.device)
+        self._by_device[key] = max(0, self._by_device.get(key, 0) + delta)
 
     def set_rules(self, room: str, device: str, thresholds: Mapping[str, Threshold]) -> None:
         self._rules[(room, device)] = compile_rules(thresholds)
@@ -114,8 +120,7 @@ class AlertBook:
         return self._by_room.get(room, 0)
 
     def device_has_alerts(self, room: str, device: str) -> bool:
-        prefix = f"{room}.{device}."
-        return any(k.startswith(prefix) for k in self.active)
+        return self._by_device.get((room, device), 0) > 0
 
     def observe(
         self,
@@ -134,7 +139,9 @@ class AlertBook:
             if metric_rules is None or isinstance(value, str):
                 continue
             v = float(value)
-            raised: list[Transition] = []  # after this metric's clears: low cleared, then high raised
+            raised: list[
+                Transition
+            ] = []  # after this metric's clears: low cleared, then high raised
             for rule in metric_rules:
                 alert_id = f"{room}.{device}.{metric}.{rule.rule}"
                 current = self.active.get(alert_id)
@@ -187,12 +194,12 @@ class AlertBook:
             message=message,
         )
         self.active[alert_id] = alert
-        self._by_room[room] = self._by_room.get(room, 0) + 1
+        self._count(alert, +1)
         return Transition("raised", alert)
 
     def _clear(self, alert: Alert, value: float | str | bool | None, reason: str) -> Transition:
         del self.active[alert.id]
-        self._by_room[alert.room] = max(0, self._by_room.get(alert.room, 0) - 1)
+        self._count(alert, -1)
         cleared = dataclasses.replace(
             alert, state="cleared", ts=iso(self.clock.time()), value=value, extra=dict(alert.extra)
         )

@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -37,6 +37,10 @@ class MqttConfig(_Strict):
     topic_prefix: str = Field("roomd", pattern=r"^[A-Za-z0-9_/-]+$")
     client_id: str | None = None
     keepalive: Duration = 30.0
+    # QoS of the retained latest-value topics (room and device state). Alert and event
+    # messages always use QoS 1 through the outbox. 0 halves the broker traffic of a large
+    # fleet; nothing is lost that matters, as every state is re-sent after a reconnect.
+    state_qos: Literal[0, 1] = 1
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -112,7 +116,7 @@ class _SiteModel(_Strict):
     http: HttpConfig = Field(default_factory=HttpConfig)
     state_dir: Path = Path("/var/lib/roomd")
     profile: str = "standard"
-    poll_jitter: float = Field(0.1, ge=0, le=1)
+    poll_jitter: float = Field(0.05, ge=0, le=0.5)
     rooms: list[RoomConfig] = Field(min_length=1)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,8 @@ class Threshold(_Strict):
     unit: str = ""
     label: str = ""
     enabled: bool = True
+    # Device state is re-published when a value moves by more than this (0: on every change).
+    deadband: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Threshold:
@@ -52,6 +54,7 @@ class ThresholdOverride(_Strict):
     unit: str | None = None
     label: str | None = None
     enabled: bool | None = None
+    deadband: float | None = Field(None, ge=0)
 
 
 def merge_threshold(base: Threshold | None, override: ThresholdOverride) -> Threshold:
@@ -93,6 +96,29 @@ class RegisterSpec(_Strict):
     @property
     def width(self) -> int:
         return _WIDTH[self.type]
+
+    @cached_property
+    def _fast(self) -> struct.Struct | None:
+        # Big-endian words in big-endian order (the Modbus norm) unpack straight from the wire.
+        if self.word_order == "big" and self.byte_order == "big":
+            return struct.Struct(">" + _STRUCT[self.type])
+        return None
+
+    @cached_property
+    def _integral(self) -> bool:
+        return self.type != "float32" and self.scale == 1.0 and self.offset == 0.0
+
+    def read(self, raw: bytes, byte_offset: int) -> float | int:
+        """Decode this field from a block's raw register bytes (hot path)."""
+        fast = self._fast
+        if fast is None:
+            words = struct.unpack_from(f">{self.width}H", raw, byte_offset)
+            return self.decode(words)
+        (value,) = fast.unpack_from(raw, byte_offset)
+        if self._integral:
+            return int(value)
+        result = value * self.scale + self.offset
+        return round(result, self.decimals) if self.decimals is not None else result
 
     def decode(self, regs: Sequence[int]) -> float:
         words = list(regs)
@@ -165,6 +191,11 @@ class ReadBlock:
         self.address = address
         self.count = count
         self.fields: list[tuple[RegisterSpec, int]] = []
+
+    def decode(self, regs: Sequence[int], into: dict[str, Any]) -> None:
+        raw = struct.pack(f">{len(regs)}H", *regs)
+        for spec, offset in self.fields:
+            into[spec.metric] = spec.read(raw, offset * 2)
 
 
 def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> list[ReadBlock]:

@@ -31,6 +31,7 @@ from .store import Pending, Store
 log = logging.getLogger("roomd")
 
 RETRY_CAP = 60.0  # seconds: longest wait between retries of an offline device
+STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this often
 
 
 def backoff(attempt: int, poll: float, cap: float = RETRY_CAP) -> float:
@@ -48,6 +49,8 @@ class Poller:
     readings: Readings = field(default_factory=dict)
     published: tuple[bool | None, Readings] | None = None
     error: str = ""
+    deadbands: dict[str, float] = field(default_factory=dict)
+    published_at: float = 0.0
     failures: int = 0
     polls: int = 0
     task: asyncio.Task[None] | None = None
@@ -68,6 +71,7 @@ class Daemon:
         self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.health)
         self.context = DriverContext()
         self.pollers: dict[tuple[str, str], Poller] = {}
+        self.room_pollers: dict[str, dict[str, Poller]] = {}
         self._room_published: dict[str, dict[str, Any]] = {}
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
@@ -141,6 +145,7 @@ class Daemon:
         }
         # Devices that left the config: stop them and clear their alerts with a reason.
         for key in [k for k in self.pollers if k not in wanted]:
+            self.room_pollers.get(key[0], {}).pop(key[1], None)
             self._stop_poller(self.pollers.pop(key), "device removed from config")
         if first:
             configured = set(wanted)
@@ -155,7 +160,7 @@ class Daemon:
             existing = self.pollers.get(key)
             if existing is not None and existing.config == dev:
                 existing.room = room
-                self.book.set_rules(room.id, dev.id, room.device_thresholds(dev))
+                self._set_rules(existing)
                 continue  # unchanged: keeps polling without a gap
             if existing is not None:
                 self._stop_poller(existing, "")
@@ -165,12 +170,18 @@ class Daemon:
         cls = driver_class(dev.driver)
         assert cls is not None, "validated in config"
         poller = Poller(room=room, config=dev, driver=cls(dev, self.context))
-        self.book.set_rules(room.id, dev.id, room.device_thresholds(dev))
+        self._set_rules(poller)
         self.pollers[poller.key] = poller
+        self.room_pollers.setdefault(room.id, {})[dev.id] = poller
         assert self._tasks is not None
         poller.task = self._tasks.create_task(
             self._poll_loop(poller, jitter), name=f"poll:{room.id}/{dev.id}"
         )
+
+    def _set_rules(self, p: Poller) -> None:
+        thresholds = p.room.device_thresholds(p.config)
+        self.book.set_rules(p.room.id, p.config.id, thresholds)
+        p.deadbands = {m: t.deadband for m, t in thresholds.items() if t.deadband}
 
     def _stop_poller(self, poller: Poller, reason: str) -> None:
         if poller.task is not None:
@@ -198,14 +209,17 @@ class Daemon:
         # Spread the first polls over the interval, so 5,000 devices do not fire at once.
         await asyncio.sleep(random.uniform(0, poll))
         loop = asyncio.get_running_loop()
-        # A poll may issue several requests, each with its own timeout; this is the backstop.
-        guard = p.config.timeout * 4 + 1.0
+        # A backstop for drivers whose wire operations are not all bounded by their own timeout.
+        guard = None if p.driver.self_timed else p.config.timeout * 4 + 1.0
         next_at = loop.time()
         while True:
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(guard):
+                if guard is None:
                     readings = await p.driver.poll()
+                else:
+                    async with asyncio.timeout(guard):
+                        readings = await p.driver.poll()
             except (DeviceError, TimeoutError) as exc:
                 self._failed(p, str(exc) or "no reply (poll timed out)")
             except asyncio.CancelledError:
@@ -216,7 +230,7 @@ class Daemon:
             else:
                 observe(time.perf_counter() - started)
                 self._succeeded(p, readings)
-                next_at += poll * (1 + random.uniform(-jitter, jitter) * 0.1)
+                next_at += poll * (1 + random.uniform(-jitter, jitter))
                 delay = next_at - loop.time()
                 if delay < 0:  # we fell behind (slow device): do not try to catch up
                     next_at, delay = loop.time(), 0
@@ -236,13 +250,43 @@ class Daemon:
             p.online, p.failures, p.error = True, 0, ""
             self.metrics.set_up(room_id, dev_id, True)
             self.emit(self.book.observe(room_id, dev_id, {"online": 1}))
+        changed = readings != p.readings
         p.readings = readings
         transitions = self.book.observe(room_id, dev_id, readings)
         if transitions:
             self.emit(transitions)
-        self.metrics.update(room_id, dev_id, readings)
-        if p.published is None or p.published[0] is not True or p.published[1] != readings:
+        if changed:
+            self.metrics.update(room_id, dev_id, readings)
+            if p.published is None or p.published[0] is not True or self._moved(p, readings):
+                self._publish_device(p)
+        elif (
+            p.published is None
+            or p.published[0] is not True
+            or self.clock.monotonic() - p.published_at > STATE_HEARTBEAT
+        ):
             self._publish_device(p)
+
+    @staticmethod
+    def _moved(p: Poller, readings: Readings) -> bool:
+        """Has any reading moved past its deadband since the last published state?"""
+        assert p.published is not None
+        last = p.published[1]
+        if last.keys() != readings.keys():
+            return True
+        deadbands = p.deadbands
+        for metric, value in readings.items():
+            before = last[metric]
+            if value == before:
+                continue
+            band = deadbands.get(metric)
+            if (
+                band is None
+                or isinstance(value, str | bool)
+                or isinstance(before, str | bool)
+                or abs(value - before) >= band
+            ):
+                return True
+        return False
 
     def _failed(self, p: Poller, error: str) -> None:
         room_id, dev_id = p.room.id, p.config.id
@@ -263,6 +307,7 @@ class Daemon:
 
     def _publish_device(self, p: Poller) -> None:
         p.published = (p.online, dict(p.readings))
+        p.published_at = self.clock.monotonic()
         payload: dict[str, Any] = {
             "online": bool(p.online),
             "readings": p.readings,
@@ -275,9 +320,8 @@ class Daemon:
 
     def room_summary(self, room_id: str) -> dict[str, Any]:
         devices: dict[str, str] = {}
-        for (rid, did), p in self.pollers.items():
-            if rid != room_id:
-                continue
+        for did, p in self.room_pollers.get(room_id, {}).items():
+            rid = room_id
             if not p.online:
                 devices[did] = "offline"
             elif self.book.device_has_alerts(rid, did):

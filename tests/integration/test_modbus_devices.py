@@ -8,15 +8,21 @@ import time
 import pytest
 
 from roomd.drivers.base import (
-    CommandError, DeviceProtocolError, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverContext,
+    CommandError,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverContext,
 )
 from roomd.drivers.modbus import ModbusConfig, ModbusDriver
 from roomd.simulators.modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
 
 
 def driver(ctx: DriverContext, model: str, timeout: float = 0.3, **kw: object) -> ModbusDriver:
-    cfg = ModbusConfig.model_validate({"id": "d", "driver": "modbus", "model": model,
-                                       "timeout": timeout, **kw})
+    cfg = ModbusConfig.model_validate(
+        {"id": "d", "driver": "modbus", "model": model, "timeout": timeout, **kw}
+    )
     return ModbusDriver(cfg, ctx)
 
 
@@ -27,8 +33,16 @@ def driver(ctx: DriverContext, model: str, timeout: float = 0.3, **kw: object) -
         ("scd30", {"co2_ppm": 1234.5, "temperature_c": 21.25, "humidity_pct": 44.5}),
         ("senseair-s8", {"co2_ppm": 987}),
         ("rs485-lux", {"illuminance_lux": 123456}),
-        ("generic-iaq", {"temperature_c": 22.31, "humidity_pct": 47.5, "co2_ppm": 812,
-                         "illuminance_lux": 70000, "color_temp_k": 4500}),
+        (
+            "generic-iaq",
+            {
+                "temperature_c": 22.31,
+                "humidity_pct": 47.5,
+                "co2_ppm": 812,
+                "illuminance_lux": 70000,
+                "color_temp_k": 4500,
+            },
+        ),
     ],
 )
 async def test_every_model_over_tcp(model: str, values: dict[str, float]) -> None:
@@ -42,8 +56,12 @@ async def test_every_model_over_tcp(model: str, values: dict[str, float]) -> Non
 
 
 async def test_rtu_bus_shared_by_two_units_on_a_pty() -> None:
-    bus = ModbusRtuSim([SimSensor.of("xy-md02", temperature_c=23.5, humidity_pct=40.1),
-                        SimSensor.of("senseair-s8", co2_ppm=654)]).start()
+    bus = ModbusRtuSim(
+        [
+            SimSensor.of("xy-md02", temperature_c=23.5, humidity_pct=40.1),
+            SimSensor.of("senseair-s8", co2_ppm=654),
+        ]
+    ).start()
     ctx = DriverContext()
     try:
         th = driver(ctx, "xy-md02", port=bus.path)
@@ -118,8 +136,12 @@ async def test_tcp_faults_then_recovery(fault: str, error: type[Exception], matc
 
 @pytest.mark.parametrize(
     ("fault", "error"),
-    [("silent", DeviceTimeout), ("exception", DeviceRefused), ("corrupt", DeviceProtocolError),
-     ("slow", DeviceTimeout)],
+    [
+        ("silent", DeviceTimeout),
+        ("exception", DeviceRefused),
+        ("corrupt", DeviceProtocolError),
+        ("slow", DeviceTimeout),
+    ],
 )
 async def test_rtu_faults_then_recovery(fault: str, error: type[Exception]) -> None:
     sensor = SimSensor.of("xy-md02", temperature_c=21.0, humidity_pct=50.0)

@@ -13,7 +13,9 @@ def book_with(**thresholds: Threshold) -> tuple[AlertBook, FakeClock]:
 
 
 def test_hold_time_then_raise_once() -> None:
-    book, clock = book_with(co2_ppm=Threshold(max=1000, hysteresis=50, hold=30, unit="ppm", label="CO2"))
+    book, clock = book_with(
+        co2_ppm=Threshold(max=1000, hysteresis=50, hold=30, unit="ppm", label="CO2")
+    )
     assert book.observe("r301", "env", {"co2_ppm": 1240}) == []
     clock.advance(29)
     assert book.observe("r301", "env", {"co2_ppm": 1240}) == []
@@ -23,7 +25,14 @@ def test_hold_time_then_raise_once() -> None:
     a = t.alert
     assert a.id == "r301.env.co2_ppm.max"
     assert (a.room, a.device, a.metric, a.rule, a.limit, a.value, a.unit) == (
-        "r301", "env", "co2_ppm", "max", 1000, 1240, "ppm")
+        "r301",
+        "env",
+        "co2_ppm",
+        "max",
+        1000,
+        1240,
+        "ppm",
+    )
     assert a.message == "CO2 1240 ppm above 1000 ppm"
     assert a.severity == "III" and a.state == "active" and a.since.endswith("Z")
     clock.advance(60)
@@ -44,20 +53,23 @@ def test_a_dip_restarts_the_hold() -> None:
 
 
 def test_hysteresis_clears_once() -> None:
-    book, clock = book_with(co2_ppm=Threshold(max=1000, hysteresis=50))
+    book, _ = book_with(co2_ppm=Threshold(max=1000, hysteresis=50))
     assert book.observe("r301", "env", {"co2_ppm": 1001})[0].kind == "raised"
     # Back at the limit but inside the hysteresis band: still active.
     assert book.observe("r301", "env", {"co2_ppm": 1000}) == []
     assert book.observe("r301", "env", {"co2_ppm": 951}) == []
     (t,) = book.observe("r301", "env", {"co2_ppm": 950})
-    assert t.kind == "cleared" and t.alert.state == "cleared" and t.alert.id == "r301.env.co2_ppm.max"
+    assert (
+        t.kind == "cleared" and t.alert.state == "cleared" and t.alert.id == "r301.env.co2_ppm.max"
+    )
     assert book.observe("r301", "env", {"co2_ppm": 900}) == []
     assert book.active == {}
 
 
 def test_min_and_max_are_separate_alerts() -> None:
-    book, _ = book_with(temperature_c=Threshold(min=20, max=24, hysteresis=0.5, unit="°C",
-                                                label="Temperature"))
+    book, _ = book_with(
+        temperature_c=Threshold(min=20, max=24, hysteresis=0.5, unit="°C", label="Temperature")
+    )
     (low,) = book.observe("r301", "env", {"temperature_c": 19.2})
     assert low.alert.id == "r301.env.temperature_c.min"
     assert low.alert.message == "Temperature 19.2 °C below 20 °C"
@@ -105,12 +117,22 @@ def test_offline_message_and_disabled_rule() -> None:
 def test_standard_profile_has_every_rule_of_the_standard() -> None:
     t = load_profile("standard").thresholds
     expect = {
-        "temperature_c": (20, 24), "humidity_pct": (40, 60), "co2_ppm": (None, 1000),
-        "illuminance_lux": (500, None), "color_temp_k": (4000, 5000), "sound_level_db": (85, None),
-        "snr_db": (40, None), "link_mbps": (100, None), "wifi_rssi_dbm": (-65, None),
-        "air_changes_per_hour": (4, None), "area_per_person_m2": (1.5, None),
-        "signin_latency_s": (None, 5), "input_lines": (1080, None), "rated_lumens": (3000, None),
-        "audio_dropouts": (None, 0), "online": (1, None),
+        "temperature_c": (20, 24),
+        "humidity_pct": (40, 60),
+        "co2_ppm": (None, 1000),
+        "illuminance_lux": (500, None),
+        "color_temp_k": (4000, 5000),
+        "sound_level_db": (85, None),
+        "snr_db": (40, None),
+        "link_mbps": (100, None),
+        "wifi_rssi_dbm": (-65, None),
+        "air_changes_per_hour": (4, None),
+        "area_per_person_m2": (1.5, None),
+        "signin_latency_s": (None, 5),
+        "input_lines": (1080, None),
+        "rated_lumens": (3000, None),
+        "audio_dropouts": (None, 0),
+        "online": (1, None),
     }
     for metric, (lo, hi) in expect.items():
         assert (t[metric].min, t[metric].max) == (lo, hi), metric

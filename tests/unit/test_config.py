@@ -140,10 +140,10 @@ def test_env_and_secret_files_never_leak(tmp_path: Path, monkeypatch: pytest.Mon
     secret = tmp_path / "pass"
     secret.write_text("s3cr3t-file\n")
     monkeypatch.setenv("ROOMD_TEST_PW", "s3cr3t-env")
-    text = f"""\
+    text = """\
 site: hq
-mqtt: {{url: "mqtt://${{ROOMD_TEST_HOST}}:1883", username: u, password: "${{ROOMD_TEST_PW}}"}}
-rooms: [{{id: r1}}]
+mqtt: {url: "mqtt://${ROOMD_TEST_HOST}:1883", username: u, password: "${ROOMD_TEST_PW}"}
+rooms: [{id: r1}]
 """
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
@@ -175,4 +175,10 @@ def test_bad_durations(bad: object) -> None:
 
 
 def test_format_duration() -> None:
-    assert [format_duration(x) for x in (0.5, 10, 300, 7200, 90)] == ["500ms", "10s", "5m", "2h", "90s"]
+    assert [format_duration(x) for x in (0.5, 10, 300, 7200, 90)] == [
+        "500ms",
+        "10s",
+        "5m",
+        "2h",
+        "90s",
+    ]

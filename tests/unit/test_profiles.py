@@ -5,8 +5,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roomd.daemon.profiles import (
-    ProfileError, RegisterSpec, Threshold, ThresholdOverride, builtin_models, load_model,
-    merge_threshold, plan_reads,
+    ProfileError,
+    RegisterSpec,
+    Threshold,
+    ThresholdOverride,
+    builtin_models,
+    load_model,
+    merge_threshold,
+    plan_reads,
 )
 
 
@@ -14,16 +20,26 @@ def test_builtin_models_and_their_maps() -> None:
     assert {"xy-md02", "scd30", "senseair-s8", "rs485-lux", "generic-iaq"} <= set(builtin_models())
     xy = load_model("xy-md02")
     assert [(r.function, r.address, r.type, r.scale) for r in xy.registers] == [
-        (4, 1, "int16", 0.1), (4, 2, "int16", 0.1)]
+        (4, 1, "int16", 0.1),
+        (4, 2, "int16", 0.1),
+    ]
     assert (xy.serial.baudrate, xy.serial.parity) == (9600, "E")
     scd = load_model("scd30")
     assert [(r.function, r.address, r.type) for r in scd.registers] == [
-        (3, 0x28, "float32"), (3, 0x2A, "float32"), (3, 0x2C, "float32")]
+        (3, 0x28, "float32"),
+        (3, 0x2A, "float32"),
+        (3, 0x2C, "float32"),
+    ]
     assert load_model("senseair-s8").registers[0].address == 3
     lux = load_model("rs485-lux").registers[0]
     assert (lux.function, lux.address, lux.type) == (3, 7, "uint32")
     assert set(load_model("generic-iaq").metrics) == {
-        "temperature_c", "humidity_pct", "co2_ppm", "illuminance_lux", "color_temp_k"}
+        "temperature_c",
+        "humidity_pct",
+        "co2_ppm",
+        "illuminance_lux",
+        "color_temp_k",
+    }
     with pytest.raises(ProfileError, match="unknown model 'nope'"):
         load_model("nope")
 
@@ -48,17 +64,29 @@ def test_wire_examples() -> None:
     st.integers(min_value=-(2**31), max_value=2**32 - 1),
 )
 def test_integer_round_trip(kind: str, words: str, bytes_: str, value: int) -> None:
-    spec = RegisterSpec(metric="m", function=3, address=0, type=kind,  # type: ignore[arg-type]
-                        word_order=words, byte_order=bytes_)  # type: ignore[arg-type]
-    lo, hi = {"int16": (-(2**15), 2**15 - 1), "uint16": (0, 2**16 - 1),
-              "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1)}[kind]
+    spec = RegisterSpec(
+        metric="m",
+        function=3,
+        address=0,
+        type=kind,  # type: ignore[arg-type]
+        word_order=words,
+        byte_order=bytes_,
+    )  # type: ignore[arg-type]
+    lo, hi = {
+        "int16": (-(2**15), 2**15 - 1),
+        "uint16": (0, 2**16 - 1),
+        "int32": (-(2**31), 2**31 - 1),
+        "uint32": (0, 2**32 - 1),
+    }[kind]
     expected = max(lo, min(hi, value))
     regs = spec.encode(value)
     assert len(regs) == spec.width and all(0 <= r <= 0xFFFF for r in regs)
     assert spec.decode(regs) == expected
 
 
-@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.sampled_from(["big", "little"]))
+@given(
+    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.sampled_from(["big", "little"])
+)
 def test_float_round_trip(value: float, words: str) -> None:
     spec = RegisterSpec(metric="m", function=3, address=0, type="float32", word_order=words)  # type: ignore[arg-type]
     assert spec.decode(spec.encode(value)) == pytest.approx(value, rel=1e-6, abs=1e-6)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import socket
@@ -22,6 +21,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -36,7 +36,7 @@ CommandHandler = Callable[[str, str | None, str | None, bytes], None]  # room, d
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(obj)
 
 
 class MqttSink:
@@ -63,6 +63,9 @@ class MqttSink:
         self._sent_upto = 0
         self._acked: set[int] = set()
         self._retained: dict[str, bytes] = {}  # latest state topics, re-sent after reconnect
+        # mids of messages nobody waits for (state, command results): their PUBACKs are dropped
+        # in paho's thread instead of costing a hop to the event loop each.
+        self._untracked: set[int] = set()
         self._client: mqtt.Client | None = None
         self.last_error = ""
         self._attempt = 0
@@ -97,13 +100,17 @@ class MqttSink:
         self._retained[topic] = data
         client = self._client
         if client is not None and self.connected.is_set():
-            client.publish(topic, data, qos=1, retain=True)
+            info = client.publish(topic, data, qos=self.cfg.state_qos, retain=True)
+            if self.cfg.state_qos:
+                self._untracked.add(info.mid)
 
     def publish_now(self, topic: str, payload: dict[str, Any], qos: int = 1) -> None:
         """Fire-and-forget (command results): lost if the broker is down, by design."""
         client = self._client
         if client is not None and self.connected.is_set():
-            client.publish(topic, dumps(payload), qos=qos, retain=False)
+            info = client.publish(topic, dumps(payload), qos=qos, retain=False)
+            if qos:
+                self._untracked.add(info.mid)
 
     def kick(self) -> None:
         self._wake.set()
@@ -211,7 +218,11 @@ class MqttSink:
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        self._call(self._published, mid)
+        # Race-safe: if the ack beats the add, the mid is forwarded and ignored there.
+        try:
+            self._untracked.remove(mid)
+        except KeyError:
+            self._call(self._published, mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._call(self._command, msg.topic, bytes(msg.payload))
@@ -235,6 +246,7 @@ class MqttSink:
         if self.connected.is_set():
             log.warning("MQTT broker connection lost (%s); alerts wait in the outbox", why)
         self.connected.clear()
+        self._untracked.clear()
         self._attempt += 1
 
     def _published(self, mid: int) -> None:

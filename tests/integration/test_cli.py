@@ -1,0 +1,191 @@
+"""The real commands as a technician runs them: `roomd simulate`, `roomd run`, `roomd ack`,
+signals, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.conftest import Mosquitto, free_port
+
+ROOMD = [sys.executable, "-m", "roomd"]
+
+
+def wait_file(path: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} was not written")
+
+
+async def test_simulate_run_reload_ack_and_stop(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    cfg = tmp_path / "site.yaml"
+    http = f"127.0.0.1:{free_port()}"
+    sim = subprocess.Popen(
+        [
+            *ROOMD,
+            "simulate",
+            "--rooms",
+            "2",
+            "--write-config",
+            str(cfg),
+            "--mqtt",
+            mosquitto.url,
+            "--http",
+            http,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--poll",
+            "200ms",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    daemon: subprocess.Popen[str] | None = None
+    try:
+        wait_file(cfg)
+        check = subprocess.run([*ROOMD, "validate", "-c", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+        assert "2 rooms, 6 devices" in check.stdout
+        rec = recorder_factory(mosquitto.port, topic="roomd/#")
+        daemon = subprocess.Popen(
+            [*ROOMD, "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True
+        )
+        # The contract's topics, as `mosquitto_sub -t 'roomd/#' -v` would show them.
+        await rec.wait_for(
+            lambda m: m.topic == "roomd/hq/_daemon/availability" and m.payload == b"online"
+        )
+        for room in ("r301", "r302"):
+            await rec.wait_for(lambda m, r=room: m.topic == f"roomd/hq/{r}/state")
+            for dev in ("env", "climate", "co2"):
+                got = await rec.wait_for(
+                    lambda m, r=room, d=dev: m.topic == f"roomd/hq/{r}/{d}/state"
+                )
+                assert got[0].json()["online"] is True
+
+        # SIGHUP: a room's CO2 limit drops under what it measures → an alert, without a restart.
+        data = yaml.safe_load(cfg.read_text())
+        data["rooms"][0]["thresholds"] = {"co2_ppm": {"max": 100, "hold": "0s"}}
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False))
+        daemon.send_signal(signal.SIGHUP)
+        alert = await rec.wait_for(
+            lambda m: m.topic == "roomd/hq/r301/alerts/r301.env.co2_ppm.max" and m.payload
+        )
+        assert alert[0].json()["limit"] == 100
+
+        ack = subprocess.run(
+            [*ROOMD, "ack", "r301.env.co2_ppm.max", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert ack.returncode == 0, ack.stderr
+        assert "acknowledged r301.env.co2_ppm.max" in ack.stdout
+        await rec.wait_for(
+            lambda m: (
+                m.topic == "roomd/hq/r301/alerts/r301.env.co2_ppm.max"
+                and m.payload
+                and m.json()["state"] == "acknowledged"
+            )
+        )
+        unknown = subprocess.run(
+            [*ROOMD, "ack", "r301.nope.x.max", "-c", str(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert unknown.returncode == 1 and "no active alert" in unknown.stderr
+
+        # A broken config on SIGHUP is rejected with FILE:LINE and the daemon goes on.
+        good = cfg.read_text()
+        cfg.write_text(good.replace("poll: 200ms", "poll: soon", 1))
+        daemon.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        assert daemon.poll() is None
+
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(15) == 0
+        stderr = daemon.stderr.read() if daemon.stderr else ""
+        assert f"reload rejected: {cfg}:" in stderr and "invalid duration 'soon'" in stderr
+        await rec.wait_for(
+            lambda m: m.topic == "roomd/hq/_daemon/availability" and m.payload == b"offline"
+        )
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.kill()
+        sim.send_signal(signal.SIGTERM)
+        assert sim.wait(15) == 0
+
+
+def test_run_exit_codes(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("site: hq\nrooms:\n  - {id: r1, devices: [{id: a, driver: modbus}]}\n")
+    run = subprocess.run(
+        [*ROOMD, "run", "-c", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 2
+    assert f"{bad}:3: rooms[0].devices[0].model: required key is missing" in run.stderr
+    missing = subprocess.run(
+        [*ROOMD, "run", "-c", str(tmp_path / "none.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+    # The port is taken: a runtime failure, exit 1.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cfg = tmp_path / "ok.yaml"
+        cfg.write_text(
+            f"site: hq\nhttp: {{listen: '127.0.0.1:{port}'}}\nstate_dir: {tmp_path}/st\n"
+            "rooms: [{id: r1}]\n"
+        )
+        run = subprocess.run(
+            [*ROOMD, "run", "-c", str(cfg)], capture_output=True, text=True, timeout=30
+        )
+        assert run.returncode == 1, run.stderr
+        assert "cannot run" in run.stderr
+    env = dict(os.environ, ROOMD_CONFIG=str(bad))
+    run = subprocess.run([*ROOMD, "validate"], capture_output=True, text=True, env=env, timeout=30)
+    assert run.returncode == 2
+
+
+def test_every_command_has_help() -> None:
+    for cmd in ("run", "validate", "simulate", "demo", "ack"):
+        out = subprocess.run([*ROOMD, cmd, "--help"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and "usage: roomd" in out.stdout
+
+
+def test_demo_shows_readings_and_an_alert_within_a_minute(tmp_path: Path) -> None:
+    env = dict(os.environ, COLUMNS="200")
+    out = subprocess.run(
+        [*ROOMD, "demo", "--duration", "25"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "mosquitto_sub" in text and "/metrics" in text
+    assert "CO2" in text and "online" in text
+    assert "alert r302.env.co2_ppm.max [III]" in text
+    assert "alert r301.climate.online.min [II]" in text
