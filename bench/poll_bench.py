@@ -94,9 +94,11 @@ async def serve(n: int, ports_file: Path, control_port: int, steady: bool) -> No
 # ---- the harness ----------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tck, int(fields[12]) / tck
 
 
 def rss_mb(pid: int) -> float:
@@ -254,7 +256,7 @@ def main() -> int:
         time.sleep(args.warmup)
 
         ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        c0, p0, t0 = cpu_seconds(daemon.pid), poll_count(http_port), time.monotonic()
+        (u0, s0), p0, t0 = cpu_times(daemon.pid), poll_count(http_port), time.monotonic()
         latencies: list[float] = []
         missed = 0
         end = t0 + args.duration
@@ -274,7 +276,8 @@ def main() -> int:
         remaining = end - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
-        c1, p1, t1 = cpu_seconds(daemon.pid), poll_count(http_port), time.monotonic()
+        (u1, s1), p1, t1 = cpu_times(daemon.pid), poll_count(http_port), time.monotonic()
+        c0, c1 = u0 + s0, u1 + s1
         wall = t1 - t0
         rss = rss_mb(daemon.pid)
         cpu_pct = 100 * (c1 - c0) / wall
@@ -287,6 +290,8 @@ def main() -> int:
             "state_qos": args.state_qos,
             "window_s": round(wall, 1),
             "cpu_pct_of_one_core": round(cpu_pct, 1),
+            "user_pct": round(100 * (u1 - u0) / wall, 1),
+            "system_pct": round(100 * (s1 - s0) / wall, 1),
             "us_per_poll": round(1e6 * (c1 - c0) / max(1, p1 - p0), 1),
             "rss_mb": round(rss, 1),
             "polls_per_s": round(polls_per_s, 1),

@@ -97,7 +97,8 @@ class AlertBook:
     def __init__(self, clock: Clock, active: Iterable[Alert] = ()) -> None:
         self.clock = clock
         self.active: dict[str, Alert] = {a.id: a for a in active}
-        self._rules: dict[tuple[str, str], dict[str, list[Rule]]] = {}
+        # (room, device) → metric → [(rule, alert id)]; ids built once, not on every poll.
+        self._rules: dict[tuple[str, str], dict[str, list[tuple[Rule, str]]]] = {}
         self._raising: dict[str, _Pending] = {}
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
@@ -111,10 +112,10 @@ class AlertBook:
         self._by_device[key] = max(0, self._by_device.get(key, 0) + delta)
 
     def set_rules(self, room: str, device: str, thresholds: Mapping[str, Threshold]) -> None:
-        self._rules[(room, device)] = compile_rules(thresholds)
-
-    def rules_for(self, room: str, device: str) -> dict[str, list[Rule]]:
-        return self._rules.get((room, device), {})
+        self._rules[(room, device)] = {
+            metric: [(rule, f"{room}.{device}.{metric}.{rule.rule}") for rule in rules]
+            for metric, rules in compile_rules(thresholds).items()
+        }
 
     def room_count(self, room: str) -> int:
         return self._by_room.get(room, 0)
@@ -133,40 +134,41 @@ class AlertBook:
         if not rules:
             return []
         out: list[Transition] = []
-        now = self.clock.monotonic()
+        now = -1.0  # read the clock only when a hold or clear timer is involved
+        active, raising, clearing = self.active, self._raising, self._clearing
         for metric, value in readings.items():
             metric_rules = rules.get(metric)
             if metric_rules is None or isinstance(value, str):
                 continue
             v = float(value)
-            raised: list[
-                Transition
-            ] = []  # after this metric's clears: low cleared, then high raised
-            for rule in metric_rules:
-                alert_id = f"{room}.{device}.{metric}.{rule.rule}"
-                current = self.active.get(alert_id)
+            raised: list[Transition] = []  # after this metric's clears: low clears, high raises
+            for rule, alert_id in metric_rules:
+                current = active.get(alert_id)
                 if current is None:
-                    self._clearing.pop(alert_id, None)
-                    if not rule.violated(v):
-                        self._raising.pop(alert_id, None)
+                    if not rule.violated(v):  # the common case: in limits, nothing pending
+                        if raising and alert_id in raising:
+                            del raising[alert_id]
                         continue
-                    pending = self._raising.get(alert_id)
+                    if now < 0:
+                        now = self.clock.monotonic()
+                    pending = raising.get(alert_id)
                     if pending is None:
-                        pending = self._raising[alert_id] = _Pending(now)
+                        pending = raising[alert_id] = _Pending(now)
                     if now - pending.since >= rule.hold:
-                        del self._raising[alert_id]
+                        del raising[alert_id]
                         raised.append(self._raise(alert_id, room, device, rule, v, detail))
-                else:
-                    self._raising.pop(alert_id, None)
-                    if not rule.cleared(v):
-                        self._clearing.pop(alert_id, None)
-                        continue
-                    pending = self._clearing.get(alert_id)
-                    if pending is None:
-                        pending = self._clearing[alert_id] = _Pending(now)
-                    if now - pending.since >= rule.clear_hold:
-                        del self._clearing[alert_id]
-                        out.append(self._clear(current, v, "back within limits"))
+                    continue
+                if not rule.cleared(v):
+                    clearing.pop(alert_id, None)
+                    continue
+                if now < 0:
+                    now = self.clock.monotonic()
+                pending = clearing.get(alert_id)
+                if pending is None:
+                    pending = clearing[alert_id] = _Pending(now)
+                if now - pending.since >= rule.clear_hold:
+                    del clearing[alert_id]
+                    out.append(self._clear(current, v, "back within limits"))
             if raised:
                 out.extend(raised)
         return out

@@ -257,11 +257,10 @@ class Daemon:
             self.emit(transitions)
         if changed:
             self.metrics.update(room_id, dev_id, readings)
-            if p.published is None or p.published[0] is not True or self._moved(p, readings):
-                self._publish_device(p)
-        elif (
+        if (
             p.published is None
             or p.published[0] is not True
+            or (changed and self._moved(p, readings))
             or self.clock.monotonic() - p.published_at > STATE_HEARTBEAT
         ):
             self._publish_device(p)

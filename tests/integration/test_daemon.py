@@ -142,6 +142,22 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
             before = len(rec.on(f"{BASE}/r301/env/state"))
             await asyncio.sleep(0.6)
             assert len(rec.on(f"{BASE}/r301/env/state")) == before
+            # A move inside the profile's deadband (CO2: 10 ppm) updates /metrics, not MQTT...
+            env.set(co2_ppm=605)
+            await until(
+                lambda: daemon.pollers[("r301", "env")].readings["co2_ppm"] == 605, 5, "poll"
+            )
+            _, body = await http_get(daemon.http.port, "/metrics")
+            assert 'roomd_co2_ppm{device="env",room="r301",site="hq"} 605.0' in body
+            await asyncio.sleep(0.3)
+            assert len(rec.on(f"{BASE}/r301/env/state")) == before
+            # ...a move past it is published.
+            env.set(co2_ppm=615)
+            await rec.wait_for(
+                lambda m: (
+                    m.topic == f"{BASE}/r301/env/state" and m.json()["readings"]["co2_ppm"] == 615
+                )
+            )
 
             env.set(co2_ppm=1240)
             topic = f"{BASE}/r301/alerts/r301.env.co2_ppm.max"

@@ -1,7 +1,9 @@
 """MQTT sink: the contract's topics, with alert transitions and events drained from the outbox.
 
-paho-mqtt runs its network loop in its own thread (it publishes at ~22 µs a message; aiomqtt
-costs ~200 µs). Its callbacks hop to the asyncio loop with call_soon_threadsafe.
+paho-mqtt (≈22 µs a publish; aiomqtt costs ≈200 µs) is driven by our asyncio loop itself:
+its socket is registered with add_reader/add_writer, as in paho's own asyncio example, so no
+second thread competes for the GIL on every publish. Only the blocking connect (DNS, TCP,
+TLS handshake) runs in an executor thread; reconnects use capped, jittered backoff.
 
 Ordering and durability: alert transitions and events are rows in the SQLite outbox. The
 drainer hands rows to paho in sequence order only while connected; a row is deleted when the
@@ -18,6 +20,7 @@ import logging
 import random
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +72,10 @@ class MqttSink:
         self._client: mqtt.Client | None = None
         self.last_error = ""
         self._attempt = 0
+        self._lost = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sock: Any = None
+        self._loop_thread = 0
 
     # ---- topics and payloads -------------------------------------------------------------
 
@@ -147,15 +154,92 @@ class MqttSink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         client.on_socket_open = self._on_socket_open
-        # Capped, jittered reconnect is paho's own loop; a small max keeps recovery quick.
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
         return client
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._client = self._make_client()
-        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=int(self.cfg.keepalive))
-        self._client.loop_start()
+        self._tasks = [
+            asyncio.create_task(self._connection_loop(), name="mqtt-connection"),
+            asyncio.create_task(self._misc_loop(), name="mqtt-keepalive"),
+        ]
+
+    async def _connection_loop(self) -> None:
+        client = self._client
+        assert client is not None and self._loop is not None
+        first = True
+        while True:
+            self._lost.clear()
+            try:
+                if first:
+                    await self._loop.run_in_executor(
+                        None, client.connect, self.cfg.host, self.cfg.port, int(self.cfg.keepalive)
+                    )
+                    first = False
+                else:
+                    await self._loop.run_in_executor(None, client.reconnect)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._note_failure(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
+                self._lost.set()
+            await self._lost.wait()
+            self._attempt += 1
+            # Equal jitter: between half and all of min(30 s, 0.5 s × 2^attempt).
+            ceiling = min(30.0, 0.5 * 2 ** min(self._attempt, 6))
+            await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+
+    async def _misc_loop(self) -> None:
+        # Keepalive pings and retries of unacknowledged packets.
+        while True:
+            await asyncio.sleep(1.0)
+            client = self._client
+            if client is not None and self._sock is not None:
+                client.loop_misc()
+
+    # ---- socket registration (paho ↔ asyncio) ----------------------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._call(self._register, sock)
+
+    def _register(self, sock: Any) -> None:
+        assert self._loop is not None and self._client is not None
+        client = self._client
+        self._sock = sock
+        self._loop.add_reader(sock, client.loop_read)
+        if client.want_write():
+            self._loop.add_writer(sock, client.loop_write)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._unregister, sock)
+
+    def _unregister(self, sock: Any) -> None:
+        assert self._loop is not None
+        if self._sock is sock:
+            self._sock = None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+        self._lost.set()
+
+    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._want_write, sock)
+
+    def _want_write(self, sock: Any) -> None:
+        if self._loop is not None and self._client is not None and sock is self._sock:
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call(self._no_write, sock)
+
+    def _no_write(self, sock: Any) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(sock)
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
@@ -178,7 +262,16 @@ class MqttSink:
                     break
                 await asyncio.sleep(0.02)
             client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+            with contextlib.suppress(Exception):
+                client.loop_write()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._sock is not None:
+            self._unregister(self._sock)
+        self.connected.clear()
         self._client = None
 
     async def _drain_briefly(self, timeout: float) -> None:
@@ -188,15 +281,13 @@ class MqttSink:
             self.kick()
             await asyncio.sleep(0.02)
 
-    # ---- paho callbacks (paho's thread) ------------------------------------------------------
+    # ---- paho callbacks (on the loop, or in the executor during connect) --------------------
 
     def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        if self._loop is not None and not self._loop.is_closed():
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        elif self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -214,11 +305,11 @@ class MqttSink:
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self._call(self._disconnected, str(reason))
+        self._call(self._lost.set)
 
     def _on_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
     ) -> None:
-        # Race-safe: if the ack beats the add, the mid is forwarded and ignored there.
         try:
             self._untracked.remove(mid)
         except KeyError:
