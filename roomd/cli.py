@@ -105,9 +105,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> None:
-    from .simulators.site import SimulatedSite
+    from .simulators.site import SimControl, SimulatedSite
 
     site = await SimulatedSite(args.rooms, args.scenario, rtu=not args.no_rtu).start()
+    host, _, port = args.control.rpartition(":")
+    control = await SimControl(site, host or "127.0.0.1", int(port or 0)).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +133,13 @@ async def _simulate(args: argparse.Namespace) -> None:
     print(
         f"simulating {len(site.rooms)} rooms, scenario {args.scenario}; Ctrl-C to stop", flush=True
     )
+    print(
+        f"control: nc {control.host} {control.port}  "
+        "(list | fault ROOM DEVICE silent | set ROOM DEVICE METRIC VALUE)",
+        flush=True,
+    )
     await stop.wait()
+    await control.stop()
     await site.stop()
 
 
@@ -254,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=Path("./state"), help="state_dir for the written config"
     )
     p.add_argument("--poll", default="2s", help="poll interval for the written config")
+    p.add_argument(
+        "--control",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="line-based control port for injecting faults (default: a free port)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("demo", help="simulators + daemon + broker + live view, no set-up")

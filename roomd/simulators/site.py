@@ -144,3 +144,82 @@ class SimulatedSite:
         text = "# Written by `roomd simulate`: polls the simulated devices it serves.\n"
         text += yaml.safe_dump(self.config(**kwargs), sort_keys=False, width=120)
         path.write_text(text, encoding="utf-8")
+
+
+class SimControl:
+    """A line-based control port for a running simulator (try: `nc 127.0.0.1 PORT`).
+
+    Commands: `list`; `fault ROOM DEVICE none|silent|exception|corrupt|slow|disconnect`;
+    `set ROOM DEVICE METRIC VALUE`; `unset ROOM DEVICE METRIC`. Replies `ok ...` or `error: ...`.
+    This is the simulator's own management interface, not a device protocol.
+    """
+
+    def __init__(self, site: SimulatedSite, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.site = site
+        self.host = host
+        self.port = port
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> SimControl:
+        self.server = await asyncio.start_server(self._client, self.host, self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                writer.write((self.execute(line.decode(errors="replace")) + "\n").encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def execute(self, line: str) -> str:
+        from .modbus import FAULTS
+
+        words = line.split()
+        if not words:
+            return "error: empty command"
+        cmd, args = words[0], words[1:]
+        if cmd == "list":
+            out = []
+            for room in self.site.rooms:
+                for device in [*room.tcp, *room.rtu_units]:
+                    out.append(f"{room.id}/{device}:{room.sensor(device).fault}")
+            return "ok " + " ".join(out)
+        if cmd not in ("fault", "set", "unset") or len(args) < 2:
+            return "error: commands: list | fault ROOM DEVICE FAULT | set ROOM DEVICE METRIC VALUE"
+        target = next((r for r in self.site.rooms if r.id == args[0]), None)
+        if target is None:
+            return f"error: no room {args[0]!r}"
+        room = target
+        try:
+            sensor = room.sensor(args[1])
+        except KeyError:
+            return f"error: no device {args[1]!r} in {room.id}"
+        if cmd == "fault":
+            if len(args) != 3 or args[2] not in FAULTS:
+                return f"error: fault is one of {', '.join(FAULTS)}"
+            sensor.fault = args[2]
+            return f"ok {room.id}/{args[1]} fault {args[2]}"
+        if cmd == "set":
+            if len(args) != 4:
+                return "error: set ROOM DEVICE METRIC VALUE"
+            if args[2] not in sensor.model.metrics:
+                known = ", ".join(sensor.model.metrics)
+                return f"error: {args[1]} has no metric {args[2]!r} ({known})"
+            try:
+                sensor.set(**{args[2]: float(args[3])})
+            except ValueError:
+                return f"error: not a number: {args[3]!r}"
+            return f"ok {room.id}/{args[1]} {args[2]}={args[3]}"
+        if len(args) != 3:
+            return "error: unset ROOM DEVICE METRIC"
+        sensor.pinned.pop(args[2], None)
+        return f"ok {room.id}/{args[1]} {args[2]} follows the scenario"

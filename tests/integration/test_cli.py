@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,12 @@ import yaml
 from tests.conftest import Mosquitto, free_port
 
 ROOMD = [sys.executable, "-m", "roomd"]
+
+
+def control_cmd(port: int, line: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(line.encode() + b"\n")
+        return s.makefile().readline().strip()
 
 
 def wait_file(path: Path, timeout: float = 15) -> None:
@@ -33,6 +40,7 @@ async def test_simulate_run_reload_ack_and_stop(
 ) -> None:
     cfg = tmp_path / "site.yaml"
     http = f"127.0.0.1:{free_port()}"
+    control = free_port()
     sim = subprocess.Popen(
         [
             *ROOMD,
@@ -49,6 +57,8 @@ async def test_simulate_run_reload_ack_and_stop(
             str(tmp_path / "state"),
             "--poll",
             "200ms",
+            "--control",
+            f"127.0.0.1:{control}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,6 +95,19 @@ async def test_simulate_run_reload_ack_and_stop(
             lambda m: m.topic == "roomd/hq/r301/alerts/r301.env.co2_ppm.max" and m.payload
         )
         assert alert[0].json()["limit"] == 100
+
+        # Faults injected into the running simulator through its control port.
+        assert control_cmd(control, "fault r302 climate silent") == "ok r302/climate fault silent"
+        offline = "roomd/hq/r302/alerts/r302.climate.online.min"
+        await rec.wait_for(lambda m: m.topic == offline and m.payload, timeout=15)
+        assert control_cmd(control, "fault r302 climate none").startswith("ok")
+        await rec.wait_for(lambda m: m.topic == offline and m.payload == b"", timeout=15)
+        assert control_cmd(control, "set r302 env co2_ppm 1500").startswith("ok")
+        await rec.wait_for(
+            lambda m: m.topic == "roomd/hq/r302/alerts/r302.env.co2_ppm.max" and m.payload,
+            timeout=45,  # the standard profile holds CO2 for 30 s
+        )
+        assert control_cmd(control, "fault r302 lamp silent") == "error: no device 'lamp' in r302"
 
         ack = subprocess.run(
             [*ROOMD, "ack", "r301.env.co2_ppm.max", "-c", str(cfg)],
@@ -146,8 +169,6 @@ def test_run_exit_codes(tmp_path: Path) -> None:
     )
     assert missing.returncode == 2 and "No such file" in missing.stderr
     # The port is taken: a runtime failure, exit 1.
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

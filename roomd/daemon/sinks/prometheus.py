@@ -121,6 +121,7 @@ class Metrics:
 
     def set_up(self, room: str, device: str, up: bool) -> None:
         self.device_up.labels(self.site, room, device).set(1 if up else 0)
+        self.update(room, device, {"online": 1 if up else 0})  # the contract's `online` reading
 
     def forget_device(self, room: str, device: str) -> None:
         for key in [k for k in self._children if k[0] == room and k[1] == device]:
