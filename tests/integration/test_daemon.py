@@ -65,6 +65,20 @@ async def running(cfg_path: Path) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, 10)
 
 
+def dev(
+    dev_id: str, model: str, sim: ModbusTcpSim, poll: str = "50ms", **kw: Any
+) -> dict[str, Any]:
+    """A Modbus TCP device entry for the site config, polling `sim`."""
+    return {
+        "id": dev_id,
+        "driver": "modbus",
+        "model": model,
+        "host": sim.address,
+        "poll": poll,
+        **kw,
+    }
+
+
 async def http_get(port: int, path: str) -> tuple[int, str]:
     # The server runs on this test's event loop: fetch from a thread.
     return await asyncio.to_thread(_http_get, port, path)
@@ -99,13 +113,7 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
             tmp_path,
             mosquitto,
             [
-                {
-                    "id": "env",
-                    "driver": "modbus",
-                    "model": "generic-iaq",
-                    "host": tcp.address,
-                    "poll": "100ms",
-                },
+                dev("env", "generic-iaq", tcp, "100ms"),
                 {
                     "id": "climate",
                     "driver": "modbus",
@@ -244,21 +252,8 @@ async def test_offline_alert_backoff_and_recovery_leave_other_devices_alone(
             tmp_path,
             mosquitto,
             [
-                {
-                    "id": "flaky",
-                    "driver": "modbus",
-                    "model": "senseair-s8",
-                    "host": sims[0].address,
-                    "poll": "100ms",
-                    "timeout": "100ms",
-                },
-                {
-                    "id": "steady",
-                    "driver": "modbus",
-                    "model": "senseair-s8",
-                    "host": sims[1].address,
-                    "poll": "100ms",
-                },
+                dev("flaky", "senseair-s8", sims[0], "100ms", timeout="100ms"),
+                dev("steady", "senseair-s8", sims[1], "100ms"),
             ],
         ),
     )
@@ -316,19 +311,7 @@ async def test_commands_ack_and_errors(
     tcp = await ModbusTcpSim([env]).start()
     cfg = write_config(
         tmp_path / "roomd.yaml",
-        site(
-            tmp_path,
-            mosquitto,
-            [
-                {
-                    "id": "env",
-                    "driver": "modbus",
-                    "model": "generic-iaq",
-                    "host": tcp.address,
-                    "poll": "100ms",
-                },
-            ],
-        ),
+        site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp, "100ms")]),
     )
     rec = recorder_factory(mosquitto.port, topic="roomd/#")
     try:
@@ -407,20 +390,7 @@ async def test_broker_outage_loses_and_reorders_nothing(
     env = SimSensor.of("senseair-s8", co2_ppm=600)
     tcp = await ModbusTcpSim([env]).start()
     cfg = write_config(
-        tmp_path / "roomd.yaml",
-        site(
-            tmp_path,
-            mosquitto,
-            [
-                {
-                    "id": "env",
-                    "driver": "modbus",
-                    "model": "senseair-s8",
-                    "host": tcp.address,
-                    "poll": "50ms",
-                },
-            ],
-        ),
+        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "senseair-s8", tcp, "50ms")])
     )
     # A persistent session: the broker keeps our subscription and queue across its restart.
     rec = recorder_factory(
@@ -462,20 +432,7 @@ async def test_restart_keeps_alerts_no_duplicate_raise_no_lost_clear(
     env = SimSensor.of("senseair-s8", co2_ppm=1500)
     tcp = await ModbusTcpSim([env]).start()
     cfg = write_config(
-        tmp_path / "roomd.yaml",
-        site(
-            tmp_path,
-            mosquitto,
-            [
-                {
-                    "id": "env",
-                    "driver": "modbus",
-                    "model": "senseair-s8",
-                    "host": tcp.address,
-                    "poll": "50ms",
-                },
-            ],
-        ),
+        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "senseair-s8", tcp, "50ms")])
     )
     rec = recorder_factory(mosquitto.port, topic="roomd/#")
     topic = f"{BASE}/r301/alerts/r301.env.co2_ppm.max"
@@ -519,20 +476,8 @@ async def test_config_removal_clears_alerts_with_a_reason(
         tmp_path,
         mosquitto,
         [
-            {
-                "id": "env",
-                "driver": "modbus",
-                "model": "senseair-s8",
-                "host": tcp.address,
-                "poll": "50ms",
-            },
-            {
-                "id": "env2",
-                "driver": "modbus",
-                "model": "senseair-s8",
-                "host": tcp.address,
-                "poll": "50ms",
-            },
+            dev("env", "senseair-s8", tcp, "50ms"),
+            dev("env2", "senseair-s8", tcp, "50ms"),
         ],
     )
     cfg = write_config(tmp_path / "roomd.yaml", data)
