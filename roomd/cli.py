@@ -116,6 +116,8 @@ async def _simulate(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     for room in site.rooms:
         parts = [f"{d}=modbus-tcp {s.address}" for d, s in room.tcp.items()]
+        if room.projector is not None:
+            parts.append(f"projector=pjlink {room.projector.address}")
         if room.rtu is not None:
             parts += [
                 f"{d}=modbus-rtu {room.rtu.path} unit {u.unit}" for d, u in room.rtu_units.items()
@@ -133,6 +135,12 @@ async def _simulate(args: argparse.Namespace) -> None:
     print(
         f"simulating {len(site.rooms)} rooms, scenario {args.scenario}; Ctrl-C to stop", flush=True
     )
+    if site.search is not None:
+        print(
+            f"projectors: roomd discover --address 127.0.0.1 --port {site.search_port} "
+            f"--tcp-port {site.projector_port}",
+            flush=True,
+        )
     print(
         f"control: nc {control.host} {control.port}  "
         "(list | fault ROOM DEVICE silent | set ROOM DEVICE METRIC VALUE)",
@@ -150,6 +158,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(duration=args.duration, rooms=args.rooms))
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from .discover import discover, snippet
+
+    password = args.password_file.read_text().strip() if args.password_file else None
+    found = asyncio.run(discover(args.address, args.port, args.tcp_port, args.timeout, password))
+    where = f"{args.address}:{args.port}"
+    if not found:
+        print(f"# no PJLink Class 2 projector answered %2SRCH on {where} within {args.timeout:g}s")
+        return 0
+    print(f"# {len(found)} PJLink projector(s) answered %2SRCH on {where}; paste under a room:")
+    print("    devices:")
+    print(snippet(found, args.tcp_port))
+    return 0
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -274,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rooms", type=int, default=3, help=argparse.SUPPRESS)
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("discover", help="find PJLink Class 2 projectors and print a config snippet")
+    p.add_argument(
+        "--address",
+        default="255.255.255.255",
+        help="where to send %%2SRCH: a broadcast address or one host (default: broadcast)",
+    )
+    p.add_argument("--port", type=int, default=4352, help="UDP port of the search (default 4352)")
+    p.add_argument(
+        "--tcp-port", type=int, default=4352, help="PJLink TCP port to query (default 4352)"
+    )
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for answers")
+    p.add_argument(
+        "--password-file", type=Path, help="PJLink password, to query protected projectors"
+    )
+    p.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
     p.add_argument("alert_id")

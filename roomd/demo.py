@@ -70,7 +70,25 @@ async def _embedded_broker(port: int) -> Any:
     return broker
 
 
+def _fmt_projector(r: dict[str, Any]) -> str:
+    parts = [f"{r.get('projector_power', '?')}"]
+    if "input_resolution" in r and r.get("projector_power") == "on":
+        parts.append(f"in {r.get('input', '?')} {r['input_resolution']}")
+    if "lamp_hours" in r:
+        life = f" ({r['lamp_life_pct']:g}%)" if "lamp_life_pct" in r else ""
+        parts.append(f"lamp {r['lamp_hours']} h{life}")
+    errors = [
+        k.removeprefix("projector_error_") + "=" + str(v)
+        for k, v in r.items()
+        if k.startswith("projector_error_") and v != "ok"
+    ]
+    parts += errors or ["no errors"]
+    return "  ".join(parts)
+
+
 def _fmt_readings(readings: dict[str, Any]) -> str:
+    if "projector_power" in readings:
+        return _fmt_projector(readings)
     parts = []
     for metric, value in readings.items():
         short, unit = SHORT.get(metric, (metric, ""))
@@ -156,7 +174,8 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
         f"Subscribe: [bold]mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'roomd/#' -v[/bold]\n"
         f"Metrics:   [bold]http://127.0.0.1:{http_port}/metrics[/bold]   config: {cfg_path}\n"
         "Scenario: r302 CO2 rises past 1000 ppm, r303's lights go off, r301's RS-485 climate "
-        "sensor stops answering; each recovers. Ctrl-C to stop."
+        "sensor stops answering, r301's projector lamp fails and r302's projector fan warns; "
+        "each recovers. Ctrl-C to stop."
     )
 
     def view() -> Group:

@@ -14,60 +14,86 @@ from .units import Severity
 
 @dataclass(slots=True)
 class Rule:
-    """One side of a threshold, compiled for the hot path."""
+    """One limit of a threshold, compiled for the hot path."""
 
     metric: str
-    rule: str  # "min" or "max": part of the alert id
-    limit: float
-    clear_at: float  # the limit moved inward by the hysteresis
+    rule: str  # part of the alert id: "min", "max", "critical_max", or a state's name
+    kind: str  # "min", "max" or "state"
+    limit: float | str
+    clear_at: float | str  # a numeric limit moved inward by the hysteresis
     hold: float
     clear_hold: float
     severity: Severity
     unit: str
     label: str
+    inclusive: bool = False
 
-    def violated(self, value: float) -> bool:
-        return value > self.limit if self.rule == "max" else value < self.limit
+    def violated(self, value: float | str) -> bool:
+        if self.kind == "state":
+            return value == self.limit
+        if isinstance(value, str):
+            return False
+        limit = self.limit
+        assert isinstance(limit, float | int)
+        if self.kind == "max":
+            return value >= limit if self.inclusive else value > limit
+        return value <= limit if self.inclusive else value < limit
 
-    def cleared(self, value: float) -> bool:
-        return value <= self.clear_at if self.rule == "max" else value >= self.clear_at
+    def cleared(self, value: float | str) -> bool:
+        if self.kind == "state":
+            return value != self.limit
+        if isinstance(value, str):
+            return False
+        clear_at = self.clear_at
+        assert isinstance(clear_at, float | int)
+        if self.kind == "max":
+            return value < clear_at if self.inclusive else value <= clear_at
+        return value > clear_at if self.inclusive else value >= clear_at
 
 
 def compile_rules(thresholds: Mapping[str, Threshold]) -> dict[str, list[Rule]]:
     rules: dict[str, list[Rule]] = {}
     for metric, t in thresholds.items():
-        if not t.enabled:
-            continue
-        label = t.label or metric
-        if t.max is not None:
-            rules.setdefault(metric, []).append(
-                Rule(
-                    metric,
-                    "max",
-                    t.max,
-                    t.max - t.hysteresis,
-                    t.hold,
-                    t.clear_hold,
-                    t.severity,
-                    t.unit,
-                    label,
-                )
-            )
-        if t.min is not None:
-            rules.setdefault(metric, []).append(
-                Rule(
-                    metric,
-                    "min",
-                    t.min,
-                    t.min + t.hysteresis,
-                    t.hold,
-                    t.clear_hold,
-                    t.severity,
-                    t.unit,
-                    label,
-                )
-            )
+        if t.enabled:
+            compiled = _compile(metric, t)
+            if compiled:
+                rules[metric] = compiled
     return rules
+
+
+def _compile(metric: str, t: Threshold) -> list[Rule]:
+    out: list[Rule] = []
+    label = t.label or metric
+    for rule, kind, limit, severity in (
+        ("max", "max", t.max, t.severity),
+        ("min", "min", t.min, t.severity),
+        ("critical_max", "max", t.critical_max, t.critical_severity),
+        ("critical_min", "min", t.critical_min, t.critical_severity),
+    ):
+        if limit is not None:
+            clear_at = limit - t.hysteresis if kind == "max" else limit + t.hysteresis
+            out.append(
+                Rule(
+                    metric,
+                    rule,
+                    kind,
+                    limit,
+                    clear_at,
+                    t.hold,
+                    t.clear_hold,
+                    severity,
+                    t.unit,
+                    label,
+                    t.inclusive,
+                )
+            )
+    for state, severity in t.states.items():
+        out.append(
+            Rule(
+                metric, state, "state", state, state, t.hold, t.clear_hold, severity, t.unit, label
+            )
+        )
+    return out
 
 
 def _fmt(value: float | str | bool | None, unit: str) -> str:
@@ -78,11 +104,17 @@ def _fmt(value: float | str | bool | None, unit: str) -> str:
     return f"{text} {unit}".rstrip()
 
 
-def _message(rule: Rule, value: float) -> str:
+def _message(rule: Rule, value: float | str) -> str:
     if rule.metric == "online":
         return f"{rule.label} offline"
-    side = "above" if rule.rule == "max" else "below"
-    return f"{rule.label} {_fmt(value, rule.unit)} {side} {_fmt(rule.limit, rule.unit)}"
+    if rule.kind == "state":
+        return f"{rule.label}: {value}"
+    if rule.kind == "max":
+        side = "at or above" if rule.inclusive else "above"
+    else:
+        side = "at or below" if rule.inclusive else "below"
+    limit = rule.limit
+    return f"{rule.label} {_fmt(value, rule.unit)} {side} {_fmt(limit, rule.unit)}"
 
 
 @dataclass(slots=True)
@@ -127,9 +159,10 @@ class AlertBook:
         self,
         room: str,
         device: str,
-        readings: Mapping[str, float | int | str | bool],
+        readings: Mapping[str, float | int | str | bool | None],
         detail: str = "",
     ) -> list[Transition]:
+        """Evaluate readings; a value of None means "not applicable now" and clears."""
         rules = self._rules.get((room, device))
         if not rules:
             return []
@@ -138,9 +171,17 @@ class AlertBook:
         active, raising, clearing = self.active, self._raising, self._clearing
         for metric, value in readings.items():
             metric_rules = rules.get(metric)
-            if metric_rules is None or isinstance(value, str):
+            if metric_rules is None:
                 continue
-            v = float(value)
+            if value is None:
+                for _rule, alert_id in metric_rules:
+                    raising.pop(alert_id, None)
+                    current = active.get(alert_id)
+                    if current is not None:
+                        clearing.pop(alert_id, None)
+                        out.append(self._clear(current, None, "not applicable now"))
+                continue
+            v: float | str = value if isinstance(value, str) else float(value)
             raised: list[Transition] = []  # after this metric's clears: low clears, high raises
             for rule, alert_id in metric_rules:
                 current = active.get(alert_id)
@@ -174,7 +215,7 @@ class AlertBook:
         return out
 
     def _raise(
-        self, alert_id: str, room: str, device: str, rule: Rule, value: float, detail: str
+        self, alert_id: str, room: str, device: str, rule: Rule, value: float | str, detail: str
     ) -> Transition:
         ts = iso(self.clock.time())
         message = _message(rule, value)

@@ -358,7 +358,12 @@ def _check_overrides(
     c: _Collector, overrides: dict[str, ThresholdOverride], base: dict[str, Threshold], loc: Loc
 ) -> None:
     for metric, override in overrides.items():
-        if metric not in base and override.min is None and override.max is None:
+        if (
+            metric not in base
+            and override.min is None
+            and override.max is None
+            and not override.states
+        ):
             c.add(
                 (*loc, metric),
                 f"no threshold {metric!r} in the profile to override; give `min` or `max` "

@@ -34,11 +34,23 @@ class Threshold(_Strict):
     enabled: bool = True
     # Device state is re-published when a value moves by more than this (0: on every change).
     deadband: float = Field(0.0, ge=0)
+    # A limit itself counts as a violation ("≥ 90 %" rather than "> 90 %").
+    inclusive: bool = False
+    # A second, more severe level: e.g. lamp life ≥ 90 % → IV, ≥ 100 % → III.
+    critical_max: float | None = None
+    critical_min: float | None = None
+    critical_severity: Severity = "II"
+    # Text readings that raise an alert, with their grade: {warning: III, error: II}.
+    states: dict[str, Severity] = {}
 
     @model_validator(mode="after")
     def _ordered(self) -> Threshold:
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if self.critical_max is not None and self.max is not None and self.critical_max < self.max:
+            raise ValueError("critical_max must not be below max")
+        if self.critical_min is not None and self.min is not None and self.critical_min > self.min:
+            raise ValueError("critical_min must not be above min")
         return self
 
 
@@ -55,6 +67,11 @@ class ThresholdOverride(_Strict):
     label: str | None = None
     enabled: bool | None = None
     deadband: float | None = Field(None, ge=0)
+    inclusive: bool | None = None
+    critical_max: float | None = None
+    critical_min: float | None = None
+    critical_severity: Severity | None = None
+    states: dict[str, Severity] | None = None
 
 
 def merge_threshold(base: Threshold | None, override: ThresholdOverride) -> Threshold:
@@ -219,6 +236,34 @@ def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> li
                 blocks.append(current)
             current.fields.append((spec, spec.address - current.address))
     return blocks
+
+
+class ProjectorModel(_Strict):
+    """Rated values of a projector model: the limits its rules are measured against."""
+
+    model: str
+    manufacturer: str = ""
+    description: str = ""
+    rated_lamp_hours: int | None = Field(None, ge=0)
+    rated_filter_hours: int | None = Field(None, ge=0)
+    rated_lumens: int | None = Field(None, ge=0)
+    native_resolution: str | None = Field(None, pattern=r"^\d{3,5}x\d{3,5}$")
+    min_poll: Duration = 5.0
+    warmup: Duration = 60.0
+
+
+@cache
+def load_projector_model(name_or_path: str) -> ProjectorModel:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _builtin("projectors") / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in _builtin("projectors").glob("*.yaml")))
+        raise ProfileError(f"unknown projector model {name_or_path!r} (known: {known})")
+    try:
+        return ProjectorModel.model_validate(_read_yaml(path))
+    except ValueError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
 
 
 def _builtin(kind: str) -> Path:

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from ..drivers import driver_class
-from ..drivers.base import CommandError, DeviceConfig, DeviceError, Driver, DriverContext, Readings
+from ..drivers.base import (
+    CommandError,
+    DeviceAuthError,
+    DeviceConfig,
+    DeviceError,
+    Driver,
+    DriverContext,
+    Readings,
+)
 from .alerts import AlertBook
 from .clock import Clock, iso
 from .config import ConfigError, Room, SiteConfig, load_config
@@ -53,6 +61,7 @@ class Poller:
     published_at: float = 0.0
     failures: int = 0
     polls: int = 0
+    parked: bool = False  # stopped after an authentication failure, until a reload
     task: asyncio.Task[None] | None = None
 
     @property
@@ -158,7 +167,7 @@ class Daemon:
                 self.emit(self.book.clear_where("device removed from config", room_id, dev_id))
         for key, (room, dev) in wanted.items():
             existing = self.pollers.get(key)
-            if existing is not None and existing.config == dev:
+            if existing is not None and existing.config == dev and not existing.parked:
                 existing.room = room
                 self._set_rules(existing)
                 continue  # unchanged: keeps polling without a gap
@@ -170,7 +179,10 @@ class Daemon:
         cls = driver_class(dev.driver)
         assert cls is not None, "validated in config"
         poller = Poller(room=room, config=dev, driver=cls(dev, self.context))
+        poller.driver.push = lambda partial: self._pushed(poller, partial)
         self._set_rules(poller)
+        for warning in poller.driver.config_warnings(room.device_thresholds(dev)):
+            log.warning("%s/%s: config: %s", room.id, dev.id, warning)
         self.pollers[poller.key] = poller
         self.room_pollers.setdefault(room.id, {})[dev.id] = poller
         assert self._tasks is not None
@@ -220,6 +232,18 @@ class Daemon:
                 else:
                     async with asyncio.timeout(guard):
                         readings = await p.driver.poll()
+            except DeviceAuthError as exc:
+                self._failed(p, f"authentication failed: {exc}")
+                p.parked = True
+                log.error(
+                    "%s/%s: %s; not retrying until the config is reloaded",
+                    p.room.id,
+                    p.config.id,
+                    exc,
+                )
+                with contextlib.suppress(Exception):
+                    await p.driver.close()
+                await asyncio.Event().wait()  # parked: a reload starts a new poller
             except (DeviceError, TimeoutError) as exc:
                 self._failed(p, str(exc) or "no reply (poll timed out)")
             except asyncio.CancelledError:
@@ -230,7 +254,7 @@ class Daemon:
             else:
                 observe(time.perf_counter() - started)
                 self._succeeded(p, readings)
-                next_at += poll * (1 + random.uniform(-jitter, jitter))
+                next_at += p.driver.next_interval(poll) * (1 + random.uniform(-jitter, jitter))
                 delay = next_at - loop.time()
                 if delay < 0:  # we fell behind (slow device): do not try to catch up
                     next_at, delay = loop.time(), 0
@@ -280,12 +304,18 @@ class Daemon:
             band = deadbands.get(metric)
             if (
                 band is None
-                or isinstance(value, str | bool)
-                or isinstance(before, str | bool)
+                or not isinstance(value, float | int)
+                or not isinstance(before, float | int)
+                or isinstance(value, bool)
                 or abs(value - before) >= band
             ):
                 return True
         return False
+
+    def _pushed(self, p: Poller, partial: Readings) -> None:
+        """Readings that arrived between polls (a command's effect, a notification)."""
+        if p.online:
+            self._succeeded(p, {**p.readings, **partial})
 
     def _failed(self, p: Poller, error: str) -> None:
         room_id, dev_id = p.room.id, p.config.id
@@ -314,6 +344,8 @@ class Daemon:
         }
         if not p.online and p.error:
             payload["error"] = p.error
+        if p.driver.info:
+            payload["info"] = p.driver.info
         self.mqtt.publish_state(f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state", payload)
         self._publish_room(p.room.id)
 

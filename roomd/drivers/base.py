@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..daemon.profiles import ThresholdOverride
 from ..daemon.units import Duration
 
-ReadingValue = float | int | str | bool
+ReadingValue = float | int | str | bool | None  # None: not applicable now (clears its alerts)
 Readings = dict[str, ReadingValue]
 
 _ID = r"^[a-z0-9_-]+$"
@@ -51,6 +51,11 @@ class DeviceUnreachable(DeviceError):
     """Connection refused, port missing, link down."""
 
 
+class DeviceAuthError(DeviceError):
+    """Wrong or missing credentials. Not retried until the config is reloaded: repeated bad
+    logins lock some devices out."""
+
+
 class CommandError(Exception):
     """A command was refused before or by the device; the reason goes to cmd/result."""
 
@@ -73,6 +78,19 @@ class Driver(ABC):
     def __init__(self, config: DeviceConfig, context: DriverContext) -> None:
         self.config = config
         self.context = context
+        # Set by the supervisor: hand it readings that arrive between polls (notifications,
+        # command follow-ups); they are merged into the last poll's readings.
+        self.push: Callable[[Readings], None] | None = None
+        # Identity (name, manufacturer, serial...) for the device state message; not metrics.
+        self.info: dict[str, str] = {}
+
+    def config_warnings(self, thresholds: dict[str, Any]) -> list[str]:
+        """Problems worth a warning at start that do not make the config invalid."""
+        return []
+
+    def next_interval(self, poll: float) -> float:
+        """Seconds until the next poll; a driver may poll faster while a device changes state."""
+        return poll
 
     @property
     def metrics(self) -> list[str]:

@@ -33,6 +33,9 @@ class Scenario:
     def fault(self, room: int, device: str, t: float) -> Fault:
         return "none"
 
+    def projector_faults(self, room: int, t: float) -> frozenset[str]:
+        return frozenset()
+
 
 def _base(room: int, metric: str, t: float) -> float | None:
     wave = math.sin(2 * math.pi * t / 600 + room)
@@ -66,7 +69,8 @@ class Drift(Scenario):
 class Demo(Scenario):
     """A 90-second loop that shows every kind of alert going up and coming back down:
     r302's CO2 climbs over 1000 ppm and falls back; r303's lights go off and come back;
-    r301's RS-485 climate sensor stops answering for 20 s."""
+    r301's RS-485 climate sensor stops answering for 20 s; r301's projector lamp fails and
+    r302's projector fan warns, each for a while."""
 
     PERIOD = 90.0
 
@@ -88,6 +92,14 @@ class Demo(Scenario):
         if room == 0 and device == "climate" and 15 <= s < 35:
             return "silent"
         return "none"
+
+    def projector_faults(self, room: int, t: float) -> frozenset[str]:
+        s = t % self.PERIOD
+        if room == 0 and 40 <= s < 70:
+            return frozenset({"lamp"})  # r301's projector lamp fails, then is replaced
+        if room == 1 and 10 <= s < 40:
+            return frozenset({"fan"})
+        return frozenset()
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -12,7 +12,10 @@ from typing import Any
 
 import yaml
 
+from ..daemon.units import parse_duration
 from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
+from .pjlink import FAULTS as PJ_FAULTS
+from .pjlink import PJLinkSim, ProjectorState, SearchResponder
 from .scenario import SCENARIOS, Scenario
 
 
@@ -24,6 +27,8 @@ class SimRoom:
     tcp: dict[str, ModbusTcpSim] = field(default_factory=dict)
     rtu: ModbusRtuSim | None = None
     rtu_units: dict[str, SimSensor] = field(default_factory=dict)
+    projector: PJLinkSim | None = None
+    planned_projector_faults: frozenset[str] = frozenset()
 
     def sensor(self, device: str) -> SimSensor:
         if device in self.tcp:
@@ -32,13 +37,19 @@ class SimRoom:
 
 
 class SimulatedSite:
-    def __init__(self, rooms: int = 3, scenario: str = "normal", rtu: bool = True) -> None:
+    def __init__(
+        self, rooms: int = 3, scenario: str = "normal", rtu: bool = True, projectors: bool = True
+    ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
         self.scenario: Scenario = SCENARIOS[scenario]
         self.n_rooms = rooms
         self.with_rtu = rtu
+        self.with_projectors = projectors
         self.rooms: list[SimRoom] = []
+        self.search: SearchResponder | None = None
+        self.search_port = 0
+        self.projector_port = 0
         self.t0 = time.monotonic()
         self._task: asyncio.Task[None] | None = None
 
@@ -62,8 +73,40 @@ class SimulatedSite:
                 room.rtu = ModbusRtuSim([climate, co2]).start()
                 room.rtu_units = {"climate": climate, "co2": co2}
             self.rooms.append(room)
+        if self.with_projectors:
+            await self._start_projectors()
         self._task = asyncio.create_task(self._faults(), name="sim-faults")
         return self
+
+    async def _start_projectors(self) -> None:
+        # Every projector on the same port at its own loopback address (127.0.1.N), as on a
+        # real network, so discovery can say where each one is. Fall back to 127.0.0.1 with
+        # one port each where those addresses cannot be bound.
+        for attempt in range(20):
+            port = _free_port()
+            started: list[PJLinkSim] = []
+            try:
+                for room in self.rooms:
+                    state = ProjectorState(
+                        name=f"{room.name} projector",
+                        mac=f"00:50:56:01:{room.index // 256:02x}:{room.index % 256:02x}",
+                        serial=f"SIM{301 + room.index}",
+                    )
+                    sim = PJLinkSim(state, host=f"127.0.1.{room.index + 1}", port=port)
+                    started.append(await sim.start())
+            except OSError:
+                for sim in started:
+                    await sim.stop()
+                if attempt < 19:
+                    continue
+                started = [await PJLinkSim(ProjectorState()).start() for _ in self.rooms]
+            for room, sim in zip(self.rooms, started, strict=True):
+                room.projector = sim
+            self.projector_port = started[0].port if started else 0
+            break
+        self.search, self.search_port = await SearchResponder.start(
+            [r.projector for r in self.rooms if r.projector is not None]
+        )
 
     async def _faults(self) -> None:
         while True:
@@ -74,6 +117,13 @@ class SimulatedSite:
                     planned = self.scenario.fault(room.index, device, t)
                     if sensor.planned != planned:
                         sensor.fault = sensor.planned = planned
+                if room.projector is not None:
+                    wanted = self.scenario.projector_faults(room.index, t)
+                    if wanted != room.planned_projector_faults:
+                        faults = room.projector.state.faults
+                        faults.difference_update(room.planned_projector_faults - wanted)
+                        faults.update(wanted)
+                        room.planned_projector_faults = wanted
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
@@ -86,6 +136,10 @@ class SimulatedSite:
                 await sim.stop()
             if room.rtu is not None:
                 room.rtu.stop()
+            if room.projector is not None:
+                await room.projector.stop()
+        if self.search is not None:
+            self.search.close()
 
     def config(
         self,
@@ -128,6 +182,17 @@ class SimulatedSite:
                         "timeout": "500ms",
                     },
                 ]
+            if room.projector is not None:
+                devices.append(
+                    {
+                        "id": "projector",
+                        "driver": "pjlink",
+                        "model": "roomd-simulator",
+                        "host": room.projector.address,
+                        "poll": poll if parse_duration(poll) >= 1 else "1s",
+                        "timeout": "2s",
+                    }
+                )
             rooms.append(
                 {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40, "devices": devices}
             )
@@ -144,6 +209,14 @@ class SimulatedSite:
         text = "# Written by `roomd simulate`: polls the simulated devices it serves.\n"
         text += yaml.safe_dump(self.config(**kwargs), sort_keys=False, width=120)
         path.write_text(text, encoding="utf-8")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class SimControl:
@@ -192,6 +265,9 @@ class SimControl:
             for room in self.site.rooms:
                 for device in [*room.tcp, *room.rtu_units]:
                     out.append(f"{room.id}/{device}:{room.sensor(device).fault}")
+                if room.projector is not None:
+                    faults = ",".join(sorted(room.projector.state.faults)) or "none"
+                    out.append(f"{room.id}/projector:{faults}")
             return "ok " + " ".join(out)
         if cmd not in ("fault", "set", "unset") or len(args) < 2:
             return "error: commands: list | fault ROOM DEVICE FAULT | set ROOM DEVICE METRIC VALUE"
@@ -199,6 +275,8 @@ class SimControl:
         if target is None:
             return f"error: no room {args[0]!r}"
         room = target
+        if args[1] == "projector" and room.projector is not None:
+            return self._projector(room, cmd, args[2:])
         try:
             sensor = room.sensor(args[1])
         except KeyError:
@@ -223,3 +301,25 @@ class SimControl:
             return "error: unset ROOM DEVICE METRIC"
         sensor.pinned.pop(args[2], None)
         return f"ok {room.id}/{args[1]} {args[2]} follows the scenario"
+
+    def _projector(self, room: SimRoom, cmd: str, args: list[str]) -> str:
+        assert room.projector is not None
+        st = room.projector.state
+        if cmd == "fault":
+            if len(args) != 1 or args[0] not in (*PJ_FAULTS, "none"):
+                return f"error: projector faults: none, {', '.join(PJ_FAULTS)}"
+            if args[0] == "none":
+                st.faults.clear()
+            else:
+                st.faults.add(args[0])
+            return f"ok {room.id}/projector faults {','.join(sorted(st.faults)) or 'none'}"
+        if cmd == "set" and len(args) == 2 and args[0] in ("lamp_hours", "filter_hours"):
+            try:
+                setattr(st, args[0], float(args[1]))
+            except ValueError:
+                return f"error: not a number: {args[1]!r}"
+            return f"ok {room.id}/projector {args[0]}={args[1]}"
+        if cmd == "set" and len(args) == 2 and args[0] == "power" and args[1] in ("on", "off"):
+            st.set_power(args[1] == "on")
+            return f"ok {room.id}/projector power {st.power}"
+        return "error: projector: fault NAME | set lamp_hours|filter_hours N | set power on|off"

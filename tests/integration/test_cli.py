@@ -69,7 +69,7 @@ async def test_simulate_run_reload_ack_and_stop(
         wait_file(cfg)
         check = subprocess.run([*ROOMD, "validate", "-c", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert "2 rooms, 6 devices" in check.stdout
+        assert "2 rooms, 8 devices" in check.stdout
         rec = recorder_factory(mosquitto.port, topic="roomd/#")
         daemon = subprocess.Popen(
             [*ROOMD, "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True
@@ -80,7 +80,7 @@ async def test_simulate_run_reload_ack_and_stop(
         )
         for room in ("r301", "r302"):
             await rec.wait_for(lambda m, r=room: m.topic == f"roomd/hq/{r}/state")
-            for dev in ("env", "climate", "co2"):
+            for dev in ("env", "climate", "co2", "projector"):
                 got = await rec.wait_for(
                     lambda m, r=room, d=dev: m.topic == f"roomd/hq/{r}/{d}/state"
                 )
@@ -210,3 +210,4 @@ def test_demo_shows_readings_and_an_alert_within_a_minute(tmp_path: Path) -> Non
     assert "CO2" in text and "online" in text
     assert "alert r302.env.co2_ppm.max [III]" in text
     assert "alert r301.climate.online.min [II]" in text
+    assert "alert r302.projector.projector_error_fan.warning [III]" in text

@@ -106,3 +106,20 @@ def test_override_merges_and_validates() -> None:
     assert (merged.min, merged.max, merged.hysteresis, merged.hold) == (20, 23, 0.5, 60)
     with pytest.raises(ValueError, match="min 25 is above max 24"):
         merge_threshold(base, ThresholdOverride(min=25))
+
+
+def test_every_shipped_profile_and_model_loads() -> None:
+    from pathlib import Path
+
+    import roomd
+    from roomd.daemon.profiles import builtin_profiles, load_profile, load_projector_model
+
+    for name in builtin_profiles():
+        load_profile(name)
+    for name in builtin_models():
+        load_model(name)
+    projectors = Path(roomd.__file__).parent / "profiles" / "projectors"
+    names = sorted(p.stem for p in projectors.glob("*.yaml"))
+    assert {"generic", "epson-eb-2250u", "sony-vpl-fhz75", "roomd-simulator"} <= set(names)
+    for name in names:
+        assert load_projector_model(name).min_poll > 0

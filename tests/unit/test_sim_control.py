@@ -4,7 +4,7 @@ from roomd.simulators.site import SimControl, SimulatedSite
 
 
 async def test_control_commands_and_errors() -> None:
-    site = await SimulatedSite(1, "normal", rtu=False).start()
+    site = await SimulatedSite(1, "normal", rtu=False, projectors=False).start()
     try:
         ctl = SimControl(site)
         assert ctl.execute("list") == "ok r301/env:none"
@@ -20,5 +20,23 @@ async def test_control_commands_and_errors() -> None:
         assert ctl.execute("fault r999 env silent") == "error: no room 'r999'"
         assert ctl.execute("dance").startswith("error: commands:")
         assert ctl.execute("") == "error: empty command"
+    finally:
+        await site.stop()
+
+
+async def test_control_of_projectors() -> None:
+    site = await SimulatedSite(1, "normal", rtu=False).start()
+    try:
+        ctl = SimControl(site)
+        assert ctl.execute("list") == "ok r301/env:none r301/projector:none"
+        assert ctl.execute("fault r301 projector lamp") == "ok r301/projector faults lamp"
+        assert ctl.execute("fault r301 projector fan") == "ok r301/projector faults fan,lamp"
+        proj = site.rooms[0].projector
+        assert proj is not None and proj.state.erst() == "120000"
+        assert ctl.execute("fault r301 projector none") == "ok r301/projector faults none"
+        assert ctl.execute("set r301 projector lamp_hours 2950").startswith("ok")
+        assert proj.state.lamp_hours == 2950
+        assert ctl.execute("set r301 projector power on") == "ok r301/projector power warming"
+        assert ctl.execute("fault r301 projector melt").startswith("error: projector faults")
     finally:
         await site.stop()

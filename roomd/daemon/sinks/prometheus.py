@@ -89,6 +89,8 @@ class Metrics:
         """Hot path: one cached child lookup and a set per reading."""
         children = self._children
         for metric, value in readings.items():
+            if value is None:
+                continue
             key = (room, device, metric)
             if isinstance(value, str):
                 self._set_state(key, value)

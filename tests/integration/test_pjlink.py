@@ -1,0 +1,240 @@
+"""The PJLink driver against the simulated projector over real TCP, and the simulator against a
+third-party client."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from roomd.discover import discover
+from roomd.drivers.base import (
+    CommandError,
+    DeviceAuthError,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+    DeviceUnreachable,
+    DriverContext,
+)
+from roomd.drivers.pjlink import PJLinkConfig, PJLinkDriver
+from roomd.simulators.pjlink import PJLinkSim, ProjectorState
+from roomd.simulators.site import SimulatedSite
+
+SPEC_PASSWORD = "JBMIAProjectorLink"
+
+
+def driver(sim: PJLinkSim, **kw: Any) -> PJLinkDriver:
+    cfg = PJLinkConfig.model_validate(
+        {
+            "id": "proj",
+            "driver": "pjlink",
+            "host": sim.address,
+            "model": "roomd-simulator",
+            "timeout": 0.5,
+            "poll": 1,
+            **kw,
+        }
+    )
+    return PJLinkDriver(cfg, DriverContext())
+
+
+async def started(**state: Any) -> PJLinkSim:
+    return await PJLinkSim(ProjectorState(warmup=0.3, cooldown=0.3, **state)).start()
+
+
+@pytest.mark.parametrize("password", [None, SPEC_PASSWORD])
+async def test_poll_with_and_without_password(password: str | None) -> None:
+    sim = await started(password=password)
+    try:
+        d = driver(sim, password=password)
+        r = await d.poll()
+        assert r["projector_power"] == "off"
+        assert {
+            r[f"projector_error_{f}"]
+            for f in ("fan", "lamp", "temperature", "cover", "filter", "other")
+        } == {"ok"}
+        assert r["lamp_hours"] == 1200 and r["lamp_life_pct"] == 40.0  # of 3000 h rated
+        assert r["filter_hours"] == 800 and r["input"] == "31" and r["av_mute"] == "off"
+        assert r["input_lines"] is None  # off: the signal rule does not apply
+        assert r["rated_lumens"] == 4500 and r["projector_fault"] == 0
+        assert d.info["name"] == "Room Projector" and d.info["serial"] == "SIM0001"
+        # The digest is sent in front of the first command only.
+        assert sim.commands[0] == "%1CLSS ?"
+    finally:
+        await sim.stop()
+
+
+async def test_wrong_or_missing_password_is_an_auth_error() -> None:
+    sim = await started(password=SPEC_PASSWORD)
+    try:
+        with pytest.raises(DeviceAuthError, match="wrong password"):
+            await driver(sim, password="nope").poll()
+        with pytest.raises(DeviceAuthError, match="requires a password"):
+            await driver(sim).poll()
+    finally:
+        await sim.stop()
+
+
+@pytest.mark.parametrize("quirk", ["lowercase", "nul_padding", "class_text", "lkup_before_reply"])
+async def test_field_quirks_are_tolerated(quirk: str) -> None:
+    sim = await started(quirks={quirk})
+    try:
+        d = driver(sim)
+        r = await d.poll()
+        assert r["projector_power"] == "off" and r["lamp_hours"] == 1200
+        assert d.pj_class == 2
+    finally:
+        await sim.stop()
+
+
+async def test_one_connection_at_a_time_and_idle_close() -> None:
+    sim = await started(quirks={"one_connection"}, idle_close=0.2)
+    try:
+        d = driver(sim)
+        # A command while a poll runs waits for it (one operation, one connection at a time).
+        results = await asyncio.gather(d.poll(), d.command("power", {"state": "on"}), d.poll())
+        assert results[1] == {"projector_power": "warming"}
+        await asyncio.sleep(0.4)  # the projector closes idle connections; each poll opens its own
+        assert (await d.poll())["projector_power"] == "on"
+    finally:
+        await sim.stop()
+
+
+async def test_err3_in_standby_is_not_a_failure() -> None:
+    sim = await started(faults={"err3_standby"})
+    try:
+        r = await driver(sim).poll()
+        assert r["projector_power"] == "off"
+        assert "lamp_hours" not in r and "projector_error_lamp" not in r and "input" not in r
+    finally:
+        await sim.stop()
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "match"),
+    [
+        ("silent", DeviceTimeout, "no reply"),
+        ("drop", DeviceUnreachable, "closed"),
+        ("garbage", DeviceProtocolError, "not a PJLink line|empty line|longer"),
+        ("slow", DeviceTimeout, "no reply"),
+    ],
+)
+async def test_faults_then_recovery(fault: str, error: type[Exception], match: str) -> None:
+    sim = await started(slow_delay=1.0)
+    try:
+        d = driver(sim)
+        await d.poll()
+        sim.state.faults.add(fault)
+        with pytest.raises(error, match=match):
+            await d.poll()
+        sim.state.faults.clear()
+        assert (await d.poll())["projector_power"] == "off"
+    finally:
+        await sim.stop()
+
+
+async def test_erst_faults_lamp_life_and_signal() -> None:
+    sim = await started(faults={"lamp", "fan"}, lamp_hours=2800)
+    try:
+        d = driver(sim)
+        r = await d.poll()
+        assert r["projector_error_lamp"] == "error" and r["projector_error_fan"] == "warning"
+        assert r["lamp_life_pct"] == pytest.approx(93.3)
+        await d.command("power", {"state": "on"})
+        await asyncio.sleep(0.4)
+        await d.command("input", {"input": "32"})  # a 1280x720 source
+        r = await d.poll()
+        assert r["input_resolution"] == "1280x720" and r["input_lines"] == 720
+    finally:
+        await sim.stop()
+
+
+async def test_commands_and_their_refusals() -> None:
+    sim = await started()
+    try:
+        d = driver(sim)
+        pushed: list[dict[str, Any]] = []
+        d.push = pushed.append
+        with pytest.raises(DeviceRefused, match=r"ERR3 \(unavailable time\)"):
+            await d.command("input", {"input": "32"})  # not while off
+        assert await d.command("power", {"state": "on"}) == {"projector_power": "warming"}
+        assert pushed == [{"projector_power": "warming"}]
+        with pytest.raises(CommandError, match="warming up"):
+            await d.command("power", {"state": "off"})
+        await asyncio.sleep(0.4)
+        assert await d.command("mute", {"target": "video", "state": "on"}) == {"av_mute": "video"}
+        assert sim.state.av_mute == "11"
+        with pytest.raises(DeviceRefused, match="ERR2"):
+            await d.command("input", {"input": "59"})  # no such input on this projector
+        assert await d.command("power", {"state": "off"}) == {"projector_power": "cooling"}
+        with pytest.raises(CommandError, match="cooling down"):
+            await d.command("power", {"state": "on"})
+        for bad in ({"state": "maybe"}, {}):
+            with pytest.raises(CommandError, match=r"args\.state"):
+                await d.command("power", bad)
+        with pytest.raises(CommandError, match=r"args\.input"):
+            await d.command("input", {"input": "HDMI"})
+        with pytest.raises(CommandError, match="unknown command 'zoom'"):
+            await d.command("zoom", {})
+    finally:
+        await sim.stop()
+
+
+async def test_a_third_party_client_can_query_the_simulator() -> None:
+    from pypjlink import Projector  # pypjlink2 from PyPI
+
+    sim = await started(password=SPEC_PASSWORD)
+    try:
+
+        def use() -> tuple[Any, ...]:
+            with Projector.from_address(sim.host, sim.port, timeout=5) as p:
+                assert p.authenticate(SPEC_PASSWORD) is True
+                return (
+                    p.get_power(),
+                    p.get_name(),
+                    p.get_manufacturer(),
+                    p.get_errors(),
+                    p.get_lamps(),
+                )
+
+        power, name, maker, errors, lamps = await asyncio.to_thread(use)
+        assert (power, name, maker) == ("off", "Room Projector", "ROOMD")
+        assert errors["lamp"] == "ok" and lamps == [(1200, False)]
+
+        def wrong() -> Any:
+            with Projector.from_address(sim.host, sim.port, timeout=5) as p:
+                return p.authenticate("wrong")
+
+        assert await asyncio.to_thread(wrong) is False
+    finally:
+        await sim.stop()
+
+
+async def test_discovery_finds_the_simulated_class2_projectors() -> None:
+    site = await SimulatedSite(3, rtu=False).start()
+    try:
+        found = await discover("127.0.0.1", site.search_port, site.projector_port, 0.5, None)
+        assert [f.info["name"] for f in found] == [
+            "City Hall 301 projector",
+            "City Hall 302 projector",
+            "City Hall 303 projector",
+        ]
+        assert all(f.info["class"] == "2" for f in found)
+        assert len({f.mac for f in found}) == 3
+    finally:
+        await site.stop()
+
+
+def test_config_rejects_polling_faster_than_the_model_allows() -> None:
+    with pytest.raises(ValueError, match="faster than model sony-vpl-fhz75 allows"):
+        PJLinkConfig.model_validate(
+            {
+                "id": "p",
+                "driver": "pjlink",
+                "host": "10.0.0.9",
+                "model": "sony-vpl-fhz75",
+                "poll": "2s",
+            }
+        )
