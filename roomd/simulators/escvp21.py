@@ -1,0 +1,114 @@
+"""A simulated Epson projector speaking ESC/VP21 on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import tty
+from dataclasses import dataclass, field
+
+POWER_CODES = {"off": "04", "on": "01", "warming": "02", "cooling": "03"}
+
+
+@dataclass
+class EscVp21State:
+    power: str = "off"
+    lamp_hours: int = 1500
+    source: str = "30"
+    error: str = "00"
+    muted: bool = False
+    warmup: float = 2.0
+    cooldown: float = 2.0
+    faults: set[str] = field(default_factory=set)  # silent, garbage
+    _since: float = field(default_factory=time.monotonic)
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.power == "warming" and now - self._since >= self.warmup:
+            self.power, self._since = "on", now
+        elif self.power == "cooling" and now - self._since >= self.cooldown:
+            self.power, self._since = "off", now
+
+
+class EscVp21Sim:
+    def __init__(self, state: EscVp21State | None = None) -> None:
+        self.state = state or EscVp21State()
+        self.master = self.slave = -1
+        self.path = ""
+        self.buffer = b""
+        self.commands: list[str] = []
+
+    def start(self) -> EscVp21Sim:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        tty.setraw(self.master)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        return self
+
+    def _readable(self) -> None:
+        try:
+            self.buffer += os.read(self.master, 1024)
+        except OSError:
+            return
+        while b"\r" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\r", 1)
+            self._handle(line.decode("ascii", errors="replace").strip())
+
+    def _handle(self, cmd: str) -> None:
+        st = self.state
+        st.tick()
+        self.commands.append(cmd)
+        if "silent" in st.faults or not cmd:
+            return
+        if "garbage" in st.faults:
+            self._write(os.urandom(600).replace(b":", b"?"))
+            return
+        reply = self.answer(cmd)
+        self._write((reply + "\r:" if reply else ":").encode("ascii"))
+
+    def answer(self, cmd: str) -> str:
+        st = self.state
+        if cmd == "PWR?":
+            return f"PWR={POWER_CODES[st.power]}"
+        if cmd == "LAMP?":
+            return f"LAMP={st.lamp_hours}"
+        if cmd == "SOURCE?":
+            return "ERR" if st.power != "on" else f"SOURCE={st.source}"
+        if cmd == "ERR?":
+            return f"ERR={st.error}"
+        if cmd == "PWR ON":
+            if st.power == "off":
+                st.power, st._since = "warming", time.monotonic()
+            return "ERR" if st.power == "cooling" else ""
+        if cmd == "PWR OFF":
+            if st.power == "on":
+                st.power, st._since = "cooling", time.monotonic()
+            return "ERR" if st.power == "warming" else ""
+        if cmd.startswith("SOURCE "):
+            if st.power != "on":
+                return "ERR"
+            st.source = cmd.split()[1]
+            return ""
+        if cmd in ("MUTE ON", "MUTE OFF"):
+            if st.power != "on":
+                return "ERR"
+            st.muted = cmd.endswith("ON")
+            return ""
+        return "ERR"
+
+    def _write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.master, data)
+
+    def stop(self) -> None:
+        if self.master >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.master)
+            for fd in (self.master, self.slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self.master = self.slave = -1
