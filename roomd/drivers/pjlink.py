@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,17 @@ class PJLinkConfig(DeviceConfig):
     pjlink_class: Literal["auto", 1, 2] = "auto"
     poll: Duration = 10.0
     timeout: Duration = 5.0
+    # Listen for Class 2 status notifications (UDP) on HOST:PORT, e.g. "0.0.0.0:4352".
+    notify_listen: str | None = None
+
+    @field_validator("notify_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("expected HOST:PORT, e.g. 0.0.0.0:4352")
+        return value
 
     @field_validator("host")
     @classmethod
@@ -177,6 +189,42 @@ class PJLinkSession:
             self.writer.close()
 
 
+class NotificationListener(asyncio.DatagramProtocol):
+    """Class 2 status notifications arrive by UDP from the projector's own address:
+    `%2POWR=1`, `%2ERST=000200`, `%2INPT=31`, `%2LKUP=<mac>`. One listener per address,
+    shared by every projector that names it."""
+
+    def __init__(self) -> None:
+        self.drivers: dict[str, list[PJLinkDriver]] = {}
+        self.transport: asyncio.BaseTransport | None = None
+        self.received = 0
+
+    @classmethod
+    async def open(cls, listen: str) -> NotificationListener:
+        host, _, port = listen.rpartition(":")
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_datagram_endpoint(cls, local_addr=(host, int(port)))
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        for raw in data.split(b"\r"):
+            try:
+                line = pj.parse_line(raw)
+            except pj.ProtocolError:
+                continue
+            if isinstance(line, pj.Reply):
+                self.received += 1
+                for driver in self.drivers.get(addr[0], []):
+                    driver.on_notification(line)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
 @register
 class PJLinkDriver(Driver):
     kind = "pjlink"
@@ -202,6 +250,7 @@ class PJLinkDriver(Driver):
         self.power: str | None = None
         self._identified = False
         self._fault = False
+        self._listening = False
 
     @property
     def metrics(self) -> list[str]:
@@ -271,7 +320,46 @@ class PJLinkDriver(Driver):
         log.debug("%s %s answered %s", self.cfg.id, command, err)
         return None
 
+    async def _listen(self) -> None:
+        listen = self.cfg.notify_listen
+        if listen is None or self._listening:
+            return
+        key = f"pjlink-notify:{listen}"
+        listener = self.context.shared.get(key)
+        if listener is None:
+            try:
+                listener = self.context.shared[key] = await NotificationListener.open(listen)
+            except OSError as exc:
+                log.error("%s: cannot listen for notifications on %s: %s", self.cfg.id, listen, exc)
+                self._listening = True  # reported once; polling goes on
+                return
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, None, family=socket.AF_INET)
+        for ip in {str(info[4][0]) for info in infos}:
+            listener.drivers.setdefault(ip, []).append(self)
+        self._listening = True
+
+    def on_notification(self, line: pj.Reply) -> None:
+        """A status change announced by the projector: pass it on at once."""
+        try:
+            if line.command == "POWR":
+                self.power = pj.parse_power(line.param)
+                update: Readings = {"projector_power": self.power}
+            elif line.command == "ERST":
+                update = dict(pj.parse_erst(line.param))
+            elif line.command == "INPT":
+                update = {"input": line.param}
+            else:
+                log.info("%s: notification %s=%s", self.cfg.id, line.command, line.param)
+                return
+        except pj.ProtocolError as exc:
+            log.debug("%s: bad notification: %s", self.cfg.id, exc)
+            return
+        if self.push is not None:
+            self.push(update)
+
     async def poll(self) -> Readings:
+        await self._listen()
         async with self.lock:
             s = await self._session()
             try:

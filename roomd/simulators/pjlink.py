@@ -173,6 +173,12 @@ class PJLinkSim:
             with contextlib.suppress(Exception):
                 writer.close()
 
+    def notify(self, to: tuple[str, int], line: str) -> None:
+        """Send a Class 2 status notification (e.g. `%2ERST=020000`) from this projector."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((self.host, 0))
+            s.sendto(line.encode() + b"\r", to)
+
     def answer(self, line: str) -> str:
         """One request line (`%1POWR ?`) → its reply line with CR."""
         st = self.state

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..daemon.units import parse_duration
+from .escvp21 import EscVp21Sim
 from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
 from .pjlink import FAULTS as PJ_FAULTS
 from .pjlink import PJLinkSim, ProjectorState, SearchResponder
@@ -29,6 +30,7 @@ class SimRoom:
     rtu_units: dict[str, SimSensor] = field(default_factory=dict)
     projector: PJLinkSim | None = None
     planned_projector_faults: frozenset[str] = frozenset()
+    serial_projector: EscVp21Sim | None = None  # an RS-232 (ESC/VP21) projector on a pty
 
     def sensor(self, device: str) -> SimSensor:
         if device in self.tcp:
@@ -72,6 +74,8 @@ class SimulatedSite:
                 climate.source = co2.source = self._source(i)
                 room.rtu = ModbusRtuSim([climate, co2]).start()
                 room.rtu_units = {"climate": climate, "co2": co2}
+                if i == 0 and self.with_projectors:
+                    room.serial_projector = EscVp21Sim().start()
             self.rooms.append(room)
         if self.with_projectors:
             await self._start_projectors()
@@ -138,6 +142,8 @@ class SimulatedSite:
                 room.rtu.stop()
             if room.projector is not None:
                 await room.projector.stop()
+            if room.serial_projector is not None:
+                room.serial_projector.stop()
         if self.search is not None:
             self.search.close()
 
@@ -191,6 +197,18 @@ class SimulatedSite:
                         "host": room.projector.address,
                         "poll": poll if parse_duration(poll) >= 1 else "1s",
                         "timeout": "2s",
+                    }
+                )
+            if room.serial_projector is not None:
+                devices.append(
+                    {
+                        "id": "side-projector",
+                        "driver": "serial-projector",
+                        "model": "epson-escvp21",
+                        "port": room.serial_projector.path,
+                        "rated_lumens": 3500,
+                        "poll": poll,
+                        "timeout": "1s",
                     }
                 )
             rooms.append(

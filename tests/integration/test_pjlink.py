@@ -238,3 +238,30 @@ def test_config_rejects_polling_faster_than_the_model_allows() -> None:
                 "poll": "2s",
             }
         )
+
+
+async def test_class2_notifications_update_state_at_once() -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    sim = await started()
+    d = driver(sim, notify_listen=f"127.0.0.1:{port}")
+    pushed: list[dict[str, Any]] = []
+    d.push = pushed.append
+    try:
+        await d.poll()  # starts the listener
+        sim.notify(("127.0.0.1", port), "%2ERST=020000")
+        sim.notify(("127.0.0.1", port), "%2POWR=3")
+        sim.notify(("127.0.0.1", port), "%2LKUP=00:11:22:33:44:55")
+        sim.notify(("127.0.0.1", port), "garbage")
+        for _ in range(100):
+            if len(pushed) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        assert pushed[0]["projector_error_lamp"] == "error"
+        assert pushed[1] == {"projector_power": "warming"}
+        assert len(pushed) == 2
+    finally:
+        for shared in d.context.shared.values():
+            shared.close()
+        await sim.stop()

@@ -209,3 +209,45 @@ async def test_mosquitto_pub_powers_the_projector_on(
             assert refused["ok"] is False and "cooling down" in refused["error"]
     finally:
         await sim.stop()
+
+
+async def test_rs232_projector_alerts_through_the_daemon(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    from roomd.simulators.escvp21 import EscVp21Sim, EscVp21State
+
+    sim = EscVp21Sim(EscVp21State(lamp_hours=4600)).start()
+    cfg = write_config(
+        tmp_path / "roomd.yaml",
+        site(
+            tmp_path,
+            mosquitto,
+            [
+                {
+                    "id": "side",
+                    "driver": "serial-projector",
+                    "model": "epson-escvp21",
+                    "port": sim.path,
+                    "poll": "200ms",
+                    "timeout": "500ms",
+                },
+            ],
+            thresholds={},
+        ),
+    )
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    try:
+        async with running(cfg):
+            life = (await rec.wait_for(active("r301.side.lamp_life_pct.max")))[0].json()
+            assert life["value"] == 92.0 and life["severity"] == "IV"
+            sim.state.error = "04"  # high internal temperature
+            hot = (await rec.wait_for(active("r301.side.projector_error_temperature.error")))[0]
+            assert hot.json()["severity"] == "II"
+            sim.state.error = "00"
+            await rec.wait_for(cleared("r301.side.projector_error_temperature.error"))
+            sim.state.faults.add("silent")
+            await rec.wait_for(active("r301.side.online.min"))
+            sim.state.faults.clear()
+            await rec.wait_for(cleared("r301.side.online.min"), timeout=15)
+    finally:
+        sim.stop()
