@@ -211,3 +211,55 @@ def test_demo_shows_readings_and_an_alert_within_a_minute(tmp_path: Path) -> Non
     assert "alert r302.env.co2_ppm.max [III]" in text
     assert "alert r301.climate.online.min [II]" in text
     assert "alert r302.projector.projector_error_fan.warning [III]" in text
+
+
+async def test_discover_command_prints_a_config_snippet() -> None:
+    from roomd.simulators.site import SimulatedSite
+
+    site = await SimulatedSite(2, rtu=False).start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *ROOMD,
+            "discover",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(site.search_port),
+            "--tcp-port",
+            str(site.projector_port),
+            "--timeout",
+            "0.5",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err
+        text = out.decode()
+        assert "# 2 PJLink projector(s) answered %2SRCH" in text
+        assert (
+            f"- {{id: city-hall-301-projector, driver: pjlink, host: "
+            f'"127.0.1.1:{site.projector_port}"}}'
+        ) in text
+        assert "class 2; MAC 00:50:56:01:00:01" in text
+        # The snippet is valid config.
+        snippet = "site: hq\nrooms:\n  - id: r1\n" + text.split("\n", 1)[1].replace(
+            "    devices:", "    devices:", 1
+        )
+        cfg = yaml.safe_load(snippet)
+        assert [d["driver"] for d in cfg["rooms"][0]["devices"]] == ["pjlink", "pjlink"]
+    finally:
+        await site.stop()
+    # Nothing answering is not an error.
+    proc = await asyncio.create_subprocess_exec(
+        *ROOMD,
+        "discover",
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+        "--timeout",
+        "0.3",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"no PJLink Class 2 projector answered" in out
