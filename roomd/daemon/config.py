@@ -167,6 +167,7 @@ class ConfigIssue:
 
 class ConfigError(Exception):
     def __init__(self, issues: list[ConfigIssue]) -> None:
+        issues = sorted(issues, key=lambda i: (i.file, i.line))  # in file order
         super().__init__("\n".join(str(i) for i in issues))
         self.issues = issues
 

@@ -364,6 +364,9 @@ class Daemon:
         return {"ok": ok, "active_alerts": active, "devices": devices}
 
     def _publish_room(self, room_id: str) -> None:
+        pollers = self.room_pollers.get(room_id, {})
+        if any(p.online is None for p in pollers.values()):
+            return  # not every device has reported yet: "offline" would be a guess
         summary = self.room_summary(room_id)
         if self._room_published.get(room_id) == summary:
             return

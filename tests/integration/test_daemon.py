@@ -145,6 +145,9 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
                     and m.json()["ok"] is True
                 )
             )
+            # The first room summary waits for every device: no guessed "offline".
+            first = rec.on(f"{BASE}/r301/state")[0].json()
+            assert first["devices"] == {"env": "online", "climate": "online"}
 
             # Published on change, not on every poll: constant readings → no new state message.
             before = len(rec.on(f"{BASE}/r301/env/state"))
