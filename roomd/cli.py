@@ -177,6 +177,44 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_signins_export(args: argparse.Namespace) -> int:
+    import csv
+
+    from .daemon.clock import iso
+    from .daemon.store import Store
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    store = Store(cfg.state_dir)
+    try:
+        rows = store.signins(args.meeting)
+    finally:
+        store.close()
+    if not rows:
+        print(f"roomd signins export: no sign-ins for meeting {args.meeting!r}", file=sys.stderr)
+        return 1
+    out = args.output.open("w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        w = csv.writer(out)
+        w.writerow(["meeting", "room", "time", "attendee", "reader", "latency_ms"])
+        for r in rows:
+            w.writerow(
+                [
+                    r.meeting,
+                    r.room,
+                    iso(r.ts),
+                    r.attendee or "unknown",
+                    r.reader,
+                    f"{r.latency * 1000:.1f}",
+                ]
+            )
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
 def cmd_ack(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
@@ -315,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--password-file", type=Path, help="PJLink password, to query protected projectors"
     )
     p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("signins", help="sign-in records")
+    signins = p.add_subparsers(dest="signins_command", required=True, metavar="SUBCOMMAND")
+    e = signins.add_parser("export", help="a meeting's sign-in records as CSV (for the organiser)")
+    e.add_argument("--meeting", required=True)
+    e.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
+    _config_arg(e)
+    e.set_defaults(func=cmd_signins_export)
 
     p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
     p.add_argument("alert_id")

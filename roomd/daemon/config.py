@@ -17,11 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from ..drivers import driver_class, known_drivers
 from ..drivers.base import DeviceConfig
+from .attendance import check_roster
 from .profiles import ProfileError, Threshold, ThresholdOverride, load_profile, merge_threshold
 from .units import Duration
 from .yamlpos import Loc, Located, YamlSyntaxError, load_located
 
 _ID = r"^[a-z0-9_-]+$"
+ROOM_DEVICE = "_room"  # the device part of room-level readings and alerts (attendees, …)
 DEFAULT_PATHS = ("./roomd.yaml", "/etc/roomd/roomd.yaml")
 
 
@@ -99,6 +101,14 @@ class HttpConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class SigninsConfig(_Strict):
+    """Sign-in records (STANDARD §5: internal, kept 2 years, then destroyed)."""
+
+    secret_file: Path | None = None  # HMAC key for card hashes; generated in state_dir if absent
+    retention: Duration = 730 * 86400.0
+    min_for_p95: int = Field(20, ge=1)  # sign-ins in a meeting before its p95 is judged
+
+
 class RoomConfig(_Strict):
     id: str = Field(pattern=_ID)
     name: str = ""
@@ -107,6 +117,7 @@ class RoomConfig(_Strict):
     profile: str | None = None
     thresholds: dict[str, ThresholdOverride] = {}
     calendar: str | list[str] | None = None
+    roster: Path | None = None  # CSV `uid,name`: who a card belongs to
     devices: list[dict[str, Any]] = []
 
 
@@ -117,6 +128,7 @@ class _SiteModel(_Strict):
     state_dir: Path = Path("/var/lib/roomd")
     profile: str = "standard"
     poll_jitter: float = Field(0.05, ge=0, le=0.5)
+    signins: SigninsConfig = Field(default_factory=SigninsConfig)
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -148,6 +160,7 @@ class SiteConfig:
     state_dir: Path
     profile: str
     poll_jitter: float
+    signins: SigninsConfig
     rooms: tuple[Room, ...]
 
     def room(self, room_id: str) -> Room | None:
@@ -284,6 +297,9 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         raise ConfigError(c.issues) from None
 
     _check_secret_files(c, site.mqtt)
+    secret = site.signins.secret_file
+    if secret is not None and not os.access(secret, os.R_OK):
+        c.add(("signins", "secret_file"), f"cannot read {secret}")
     rooms: list[Room] = []
     seen_rooms: dict[str, int] = {}
     for ri, room in enumerate(site.rooms):
@@ -319,8 +335,12 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
                     f"(also devices[{seen_devices[device.id]}])",
                 )
             seen_devices.setdefault(device.id, di)
+            if device.id == ROOM_DEVICE:
+                c.add((*dloc, "id"), f"{ROOM_DEVICE!r} is reserved for room-level readings")
             _check_overrides(c, device.thresholds, thresholds, (*dloc, "thresholds"))
             devices.append(device)
+        if room.roster is not None and (problem := check_roster(room.roster)):
+            c.add((*rloc, "roster"), problem)
         rooms.append(Room(config=room, devices=tuple(devices), thresholds=thresholds))
     if c.issues:
         raise ConfigError(c.issues)
@@ -332,6 +352,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         state_dir=site.state_dir,
         profile=site.profile,
         poll_jitter=site.poll_jitter,
+        signins=site.signins,
         rooms=tuple(rooms),
     )
 

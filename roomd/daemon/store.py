@@ -27,6 +27,17 @@ class OutboxMessage:
 Pending = tuple[str, bytes, bool, int]  # topic, payload, retain, qos
 
 
+@dataclass(slots=True, frozen=True)
+class SigninRow:
+    meeting: str
+    room: str
+    reader: str
+    card: str  # HMAC of the UID, never the UID
+    attendee: str | None
+    ts: float
+    latency: float
+
+
 class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -43,6 +54,13 @@ class Store:
                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
                 topic TEXT NOT NULL, payload BLOB NOT NULL,
                 retain INTEGER NOT NULL, qos INTEGER NOT NULL);
+            -- Sign-in records: a card is stored only as a keyed hash (HMAC-SHA256 with the
+            -- site secret), an attendee's name only when the roster supplies it.
+            CREATE TABLE IF NOT EXISTS signins (
+                id INTEGER PRIMARY KEY, meeting TEXT NOT NULL, room TEXT NOT NULL,
+                reader TEXT NOT NULL, card TEXT NOT NULL, attendee TEXT,
+                ts REAL NOT NULL, latency REAL NOT NULL, UNIQUE (meeting, card));
+            CREATE INDEX IF NOT EXISTS signins_ts ON signins (ts);
             """
         )
         self._depth = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -68,6 +86,43 @@ class Store:
                 [(topic, payload, int(retain), qos) for topic, payload, retain, qos in msgs],
             )
         self._depth += len(msgs)
+
+    def record_signin(self, row: SigninRow, messages: Iterable[Pending]) -> bool:
+        """Store a sign-in and its event in one transaction. False: this card had already
+        signed in to this meeting (nothing stored, no message queued)."""
+        msgs = list(messages)
+        with self.db:
+            self.db.execute("BEGIN")
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO signins (meeting, room, reader, card, attendee, ts, latency)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row.meeting, row.room, row.reader, row.card, row.attendee, row.ts, row.latency),
+            )
+            if cur.rowcount == 0:
+                return False
+            self.db.executemany(
+                "INSERT INTO outbox (topic, payload, retain, qos) VALUES (?, ?, ?, ?)",
+                [(topic, payload, int(retain), qos) for topic, payload, retain, qos in msgs],
+            )
+        self._depth += len(msgs)
+        return True
+
+    def meeting_cards(self, meeting: str) -> set[str]:
+        rows = self.db.execute("SELECT card FROM signins WHERE meeting = ?", (meeting,))
+        return {card for (card,) in rows}
+
+    def signins(self, meeting: str) -> list[SigninRow]:
+        rows = self.db.execute(
+            "SELECT meeting, room, reader, card, attendee, ts, latency FROM signins"
+            " WHERE meeting = ? ORDER BY ts, id",
+            (meeting,),
+        ).fetchall()
+        return [SigninRow(*r) for r in rows]
+
+    def purge_signins(self, before: float) -> int:
+        """Delete records older than `before` (epoch seconds): the retention rule."""
+        cur = self.db.execute("DELETE FROM signins WHERE ts < ?", (before,))
+        return cur.rowcount
 
     def outbox_after(self, seq: int, limit: int = 200) -> list[OutboxMessage]:
         rows = self.db.execute(

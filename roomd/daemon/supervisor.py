@@ -28,13 +28,15 @@ from ..drivers.base import (
     DriverContext,
     Readings,
 )
+from ..drivers.nfc import NfcReaderDriver
 from .alerts import AlertBook
+from .attendance import Attendance
 from .clock import Clock, iso
-from .config import ConfigError, Room, SiteConfig, load_config
+from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
 from .model import Transition
 from .sinks.mqtt import MqttSink
 from .sinks.prometheus import HttpServer, Metrics
-from .store import Pending, Store
+from .store import Pending, SigninRow, Store
 
 log = logging.getLogger("roomd")
 
@@ -82,10 +84,15 @@ class Daemon:
         self.pollers: dict[tuple[str, str], Poller] = {}
         self.room_pollers: dict[str, dict[str, Poller]] = {}
         self._room_published: dict[str, dict[str, Any]] = {}
+        self._attendees: dict[str, int] = {}
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
+        self.attendance = Attendance(
+            Attendance.load_secret(config.signins.secret_file, config.state_dir)
+        )
+        self._load_rosters(config)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -111,6 +118,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
+                tg.create_task(self._retention_loop(), name="signin-retention")
                 self._apply(cfg, first=True)
                 self.ready.set()
                 await self._stopping.wait()
@@ -145,6 +153,7 @@ class Daemon:
             log.warning("reload: site and mqtt changes take effect on restart")
         self._apply(new, first=False)
         self.config = new
+        self._load_rosters(new)
         log.info("config reloaded from %s", new.path)
         return True
 
@@ -180,6 +189,9 @@ class Daemon:
         assert cls is not None, "validated in config"
         poller = Poller(room=room, config=dev, driver=cls(dev, self.context))
         poller.driver.push = lambda partial: self._pushed(poller, partial)
+        if isinstance(poller.driver, NfcReaderDriver):
+            poller.driver.on_card = lambda uid, at: self._on_card(poller, uid, at)
+            self.book.set_rules(room.id, ROOM_DEVICE, room.thresholds)
         self._set_rules(poller)
         for warning in poller.driver.config_warnings(room.device_thresholds(dev)):
             log.warning("%s/%s: config: %s", room.id, dev.id, warning)
@@ -361,7 +373,10 @@ class Daemon:
                 devices[did] = "online"
         active = self.book.room_count(room_id)
         ok = active == 0 and all(s == "online" for s in devices.values())
-        return {"ok": ok, "active_alerts": active, "devices": devices}
+        summary: dict[str, Any] = {"ok": ok, "active_alerts": active, "devices": devices}
+        if room_id in self._attendees:
+            summary["attendees"] = self._attendees[room_id]
+        return summary
 
     def _publish_room(self, room_id: str) -> None:
         pollers = self.room_pollers.get(room_id, {})
@@ -395,6 +410,84 @@ class Daemon:
             self.metrics.set_alert_counts(by_sev, {r: self.book.room_count(r) for r in rooms})
             for room in rooms:
                 self._publish_room(room)
+
+    # ---- sign-in -----------------------------------------------------------------------------
+
+    def _load_rosters(self, cfg: SiteConfig) -> None:
+        for room in cfg.rooms:
+            if room.config.roster is not None:
+                n = self.attendance.load_roster(room.id, room.config.roster)
+                log.info("%s: roster of %d cards from %s", room.id, n, room.config.roster)
+
+    def current_meeting(self, room_id: str) -> str:
+        """The meeting a sign-in belongs to. Until bookings exist: one per room and UTC day."""
+        return f"{room_id}-{time.strftime('%Y%m%d', time.gmtime(self.clock.time()))}"
+
+    def _on_card(self, p: Poller, uid: str, read_at: float) -> None:
+        """A card read: durable record + event (one transaction), then counts, rules, ack.
+        `read_at` is perf_counter() when the frame's last byte arrived: latency starts there."""
+        room = p.room
+        meeting = self.current_meeting(room.id)
+        att = self.attendance
+        card = att.card(uid)  # the raw UID goes no further than this line
+        name = att.attendee(room.id, card)
+        cards = att.cards.get(meeting)
+        if cards is None:
+            cards = att.cards[meeting] = self.store.meeting_cards(meeting)
+        ts = self.clock.time()
+        event: dict[str, Any] = {
+            "type": "signin",
+            "meeting": meeting,
+            "reader": p.config.id,
+            "attendee": name,
+            "known": name is not None,
+            "attendees": len(cards) + 1,
+            "ts": iso(ts),
+        }
+        latency = time.perf_counter() - read_at
+        event["latency_ms"] = round(latency * 1000, 3)
+        row = SigninRow(meeting, room.id, p.config.id, card, name, ts, latency)
+        if not self.store.record_signin(row, [self.mqtt.event(room.id, event)]):
+            log.info("%s: card already signed in to %s", room.id, meeting)
+            return
+        self.mqtt.kick()
+        latency = time.perf_counter() - read_at  # durable and handed to MQTT
+        cards.add(card)
+        att.latencies.setdefault(meeting, []).append(latency)
+        self.metrics.signin_latency.observe(latency)
+        if name is None:
+            log.info("%s: unknown card signed in to %s", room.id, meeting)
+        assert isinstance(p.driver, NfcReaderDriver)
+        p.driver.acknowledge()
+        self._room_readings(room, meeting, latency)
+
+    def _room_readings(self, room: Room, meeting: str, latency: float | None = None) -> None:
+        att = self.attendance
+        n = len(att.cards.get(meeting, ()))
+        readings: Readings = {"attendees": n}
+        area = room.config.area_m2
+        if area:
+            readings["area_per_person_m2"] = round(area / n, 2) if n else None
+        if latency is not None:
+            readings["signin_latency_s"] = round(latency, 6)
+        enough = len(att.latencies.get(meeting, ())) >= self.config.signins.min_for_p95
+        p95 = att.p95(meeting) if enough else None
+        readings["signin_latency_p95_s"] = None if p95 is None else round(p95, 6)
+        transitions = self.book.observe(room.id, ROOM_DEVICE, readings)
+        if transitions:
+            self.emit(transitions)
+        self.metrics.update(room.id, ROOM_DEVICE, readings)
+        self._attendees[room.id] = n
+        self._publish_room(room.id)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            cutoff = self.clock.time() - self.config.signins.retention
+            purged = self.store.purge_signins(cutoff)
+            if purged:
+                log.info("purged %d sign-in records older than the retention period", purged)
+                self.attendance.cards.clear()  # reloaded from the store on next use
+            await asyncio.sleep(3600)
 
     # ---- commands ----------------------------------------------------------------------------
 
