@@ -120,6 +120,8 @@ async def _simulate(args: argparse.Namespace) -> None:
             parts.append(f"projector=pjlink {room.projector.address}")
         if room.serial_projector is not None:
             parts.append(f"side-projector=escvp21 {room.serial_projector.path}")
+        if room.reader is not None:
+            parts.append(f"reader={room.reader.framing} {room.reader.path}")
         if room.rtu is not None:
             parts += [
                 f"{d}=modbus-rtu {room.rtu.path} unit {u.unit}" for d, u in room.rtu_units.items()

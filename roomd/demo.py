@@ -105,7 +105,15 @@ def _table(daemon: Daemon) -> Table:
     table.add_column("state")
     table.add_column("readings", ratio=3)
     table.add_column("alerts", ratio=2)
+    previous = ""
     for row in daemon.snapshot():
+        room = row["room"]
+        if room != previous:
+            n = daemon.room_summary(room).get("attendees")
+            label = f"{room}\n{n} signed in" if n is not None else room
+            previous = room
+        else:
+            label = ""
         if row["online"] is None:
             state = Text("…", style="dim")
         elif row["online"]:
@@ -118,7 +126,7 @@ def _table(daemon: Daemon) -> Table:
                 f"[{a.severity}] {a.message}\n",
                 style="red" if a.severity in ("I", "II") else "yellow",
             )
-        table.add_row(row["room"], row["device"], state, _fmt_readings(row["readings"]), alerts)
+        table.add_row(label, row["device"], state, _fmt_readings(row["readings"]), alerts)
     return table
 
 
@@ -140,7 +148,7 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
             return 1
         broker_note = f"an embedded broker at 127.0.0.1:{mqtt_port}"
     http_port = _free_port(9880)
-    site = await SimulatedSite(rooms, "demo").start()
+    site = await SimulatedSite(rooms, "demo", tap_period=4.0).start()
     cfg_path = workdir / "roomd.yaml"
     site.write_config(
         cfg_path,

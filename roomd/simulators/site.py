@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 from ..daemon.units import parse_duration
 from .escvp21 import EscVp21Sim
 from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
+from .nfc import ReaderSim, card_uid, tap_script
 from .pjlink import FAULTS as PJ_FAULTS
 from .pjlink import PJLinkSim, ProjectorState, SearchResponder
 from .scenario import SCENARIOS, Scenario
@@ -31,6 +34,8 @@ class SimRoom:
     projector: PJLinkSim | None = None
     planned_projector_faults: frozenset[str] = frozenset()
     serial_projector: EscVp21Sim | None = None  # an RS-232 (ESC/VP21) projector on a pty
+    reader: ReaderSim | None = None  # the sign-in reader at the door
+    roster: Path | None = None
 
     def sensor(self, device: str) -> SimSensor:
         if device in self.tcp:
@@ -40,7 +45,13 @@ class SimRoom:
 
 class SimulatedSite:
     def __init__(
-        self, rooms: int = 3, scenario: str = "normal", rtu: bool = True, projectors: bool = True
+        self,
+        rooms: int = 3,
+        scenario: str = "normal",
+        rtu: bool = True,
+        projectors: bool = True,
+        readers: bool | None = None,
+        tap_period: float = 8.0,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
@@ -48,6 +59,10 @@ class SimulatedSite:
         self.n_rooms = rooms
         self.with_rtu = rtu
         self.with_projectors = projectors
+        self.with_readers = rtu if readers is None else readers  # readers live on ptys too
+        self.tap_period = tap_period
+        self.workdir = Path(tempfile.mkdtemp(prefix="roomd-sim-"))
+        self._taps: list[asyncio.Task[None]] = []
         self.rooms: list[SimRoom] = []
         self.search: SearchResponder | None = None
         self.search_port = 0
@@ -76,6 +91,22 @@ class SimulatedSite:
                 room.rtu_units = {"climate": climate, "co2": co2}
                 if i == 0 and self.with_projectors:
                     room.serial_projector = EscVp21Sim().start()
+            if self.with_readers:
+                framing = "rdm6300" if i % 2 == 0 else "line"
+                room.reader = ReaderSim(self.workdir / f"{room.id}-reader", framing).plug()
+                people = [card_uid(i * 1000 + n) for n in range(30)]
+                room.roster = self.workdir / f"{room.id}-roster.csv"
+                room.roster.write_text(
+                    "uid,name\n"
+                    + "".join(f"{u},Guest {i * 1000 + n}\n" for n, u in enumerate(people))
+                )
+                rng = random.Random(301 + i)
+                self._taps.append(
+                    asyncio.create_task(
+                        tap_script(room.reader, people, self.tap_period, rng),
+                        name=f"taps-{room.id}",
+                    )
+                )
             self.rooms.append(room)
         if self.with_projectors:
             await self._start_projectors()
@@ -131,6 +162,8 @@ class SimulatedSite:
             await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
+        for tap in self._taps:
+            tap.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -144,6 +177,8 @@ class SimulatedSite:
                 await room.projector.stop()
             if room.serial_projector is not None:
                 room.serial_projector.stop()
+            if room.reader is not None:
+                room.reader.unplug()
         if self.search is not None:
             self.search.close()
 
@@ -211,9 +246,19 @@ class SimulatedSite:
                         "timeout": "1s",
                     }
                 )
-            rooms.append(
-                {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40, "devices": devices}
-            )
+            entry: dict[str, Any] = {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40}
+            if room.reader is not None:
+                devices.append(
+                    {
+                        "id": "reader",
+                        "driver": "nfc-serial",
+                        "port": room.reader.path,
+                        "framing": room.reader.framing,
+                        "poll": "2s",
+                    }
+                )
+                entry["roster"] = str(room.roster)
+            rooms.append({**entry, "devices": devices})
         return {
             "site": site,
             "mqtt": {"url": mqtt_url},
@@ -295,6 +340,8 @@ class SimControl:
         room = target
         if args[1] == "projector" and room.projector is not None:
             return self._projector(room, cmd, args[2:])
+        if args[1] == "reader" and room.reader is not None:
+            return self._reader(room, cmd, args[2:])
         try:
             sensor = room.sensor(args[1])
         except KeyError:
@@ -341,3 +388,21 @@ class SimControl:
             st.set_power(args[1] == "on")
             return f"ok {room.id}/projector power {st.power}"
         return "error: projector: fault NAME | set lamp_hours|filter_hours N | set power on|off"
+
+    def _reader(self, room: SimRoom, cmd: str, args: list[str]) -> str:
+        reader = room.reader
+        assert reader is not None
+        if cmd == "set" and len(args) == 2 and args[0] == "tap":
+            reader.tap(args[1].upper())
+            return f"ok {room.id}/reader tapped {args[1].upper()}"
+        if cmd == "fault" and args == ["unplug"]:
+            reader.unplug()
+            return f"ok {room.id}/reader unplugged"
+        if cmd == "fault" and args in (["none"], ["plug"]):
+            if reader.master < 0:
+                reader.plug()
+            return f"ok {room.id}/reader plugged in"
+        if cmd == "fault" and args == ["corrupt"]:
+            reader.corrupt()
+            return f"ok {room.id}/reader sent a corrupt frame"
+        return "error: reader: set tap UID | fault unplug|plug|corrupt"

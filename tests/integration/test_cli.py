@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,7 +70,7 @@ async def test_simulate_run_reload_ack_and_stop(
         wait_file(cfg)
         check = subprocess.run([*ROOMD, "validate", "-c", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert "2 rooms, 9 devices" in check.stdout
+        assert "2 rooms, 11 devices" in check.stdout
         rec = recorder_factory(mosquitto.port, topic="roomd/#")
         daemon = subprocess.Popen(
             [*ROOMD, "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True
@@ -211,6 +212,7 @@ def test_demo_shows_readings_and_an_alert_within_a_minute(tmp_path: Path) -> Non
     assert "alert r302.env.co2_ppm.max [III]" in text
     assert "alert r301.climate.online.min [II]" in text
     assert "alert r302.projector.projector_error_fan.warning [III]" in text
+    assert re.search(r"r30[123]\s.*\n.*\b[1-9]\d* signed in", text), "attendees per room"
 
 
 async def test_discover_command_prints_a_config_snippet() -> None:
