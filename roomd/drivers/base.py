@@ -31,6 +31,16 @@ class DeviceConfig(BaseModel):
     thresholds: dict[str, ThresholdOverride] = {}
 
 
+def split_host(value: str, default_port: int) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` → (host, port). ValueError for a bad port."""
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and "]" not in port:
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} out of range")
+        return host.strip("[]"), int(port)
+    return value, default_port
+
+
 class DeviceError(Exception):
     """A device did not give a usable answer. The message is shown to technicians."""
 

@@ -37,7 +37,9 @@ from .base import (
     Driver,
     DriverContext,
     Readings,
+    split_host,
 )
+from .serial_port import open_serial
 
 log = logging.getLogger("roomd.modbus")
 
@@ -91,12 +93,7 @@ class ModbusConfig(DeviceConfig):
 
 
 def _split_host(value: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        if not 0 < int(port) < 65536:
-            raise ValueError(f"port {port} out of range")
-        return host.strip("[]"), int(port)
-    return value, 502
+    return split_host(value, 502)
 
 
 _RESPONSES = DecodePDU(is_server=False)
@@ -272,28 +269,10 @@ class RtuBus:
         self.gap = max(0.00175, 3.5 * 11 / baudrate)
 
     async def _ensure_open(self) -> None:
-        if self.transport is not None:
-            return
-        import serial_asyncio_fast
-
-        loop = asyncio.get_running_loop()
-        settings = dict(self.settings)
-        for attempt in range(2):
-            try:
-                self.transport, _ = await serial_asyncio_fast.create_serial_connection(
-                    loop, lambda: _SerialProtocol(self), self.port, **settings
-                )
-                return
-            except Exception as exc:  # serial.SerialException and OSError both mean "not there"
-                # Pseudo-terminals (simulators, some USB bridges) reject parity with EINVAL;
-                # parity is a line property they do not carry, so fall back to none.
-                if attempt == 0 and settings["parity"] != "N" and "Invalid argument" in str(exc):
-                    log.debug(
-                        "%s rejects parity %s; opening without", self.port, settings["parity"]
-                    )
-                    settings["parity"] = "N"
-                    continue
-                raise DeviceUnreachable(f"cannot open {self.port}: {exc}") from None
+        if self.transport is None:
+            self.transport = await open_serial(
+                self.port, lambda: _SerialProtocol(self), **self.settings
+            )
 
     def on_data(self, data: bytes) -> None:
         self.buffer += data

@@ -22,6 +22,7 @@ from ..daemon.units import Duration
 from . import register
 from .base import DeviceConfig, DeviceTimeout, DeviceUnreachable, Driver, DriverContext, Readings
 from .nfc_framing import Deduplicator, LineParser, Rdm6300Parser
+from .serial_port import open_serial
 
 log = logging.getLogger("roomd.nfc")
 
@@ -92,17 +93,9 @@ class NfcReaderDriver(Driver):
             return
         if not os.path.exists(self.cfg.port):  # noqa: ASYNC240 - one stat, no I/O wait
             raise DeviceUnreachable(f"{self.cfg.port} is not there (reader unplugged?)")
-        import serial_asyncio_fast
-
-        try:
-            self.transport, _ = await serial_asyncio_fast.create_serial_connection(
-                asyncio.get_running_loop(),
-                lambda: _Reader(self),
-                self.cfg.port,
-                baudrate=self.cfg.baudrate,
-            )
-        except Exception as exc:
-            raise DeviceUnreachable(f"cannot open {self.cfg.port}: {exc}") from None
+        self.transport = await open_serial(
+            self.cfg.port, lambda: _Reader(self), baudrate=self.cfg.baudrate
+        )
         self.last_data = time.monotonic()
 
     async def poll(self) -> Readings:

@@ -33,21 +33,13 @@ from .base import (
     Driver,
     DriverContext,
     Readings,
+    split_host,
 )
 
 log = logging.getLogger("roomd.pjlink")
 
 TRANSITIONAL = {"warming", "cooling"}
 FAST_POLL = 2.0  # seconds, while warming or cooling (never below the model's min_poll)
-
-
-def split_host(value: str, default_port: int = pj.PORT) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        if not 0 < int(port) < 65536:
-            raise ValueError(f"port {port} out of range")
-        return host.strip("[]"), int(port)
-    return value, default_port
 
 
 class PJLinkConfig(DeviceConfig):
@@ -78,7 +70,7 @@ class PJLinkConfig(DeviceConfig):
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        split_host(value)
+        split_host(value, pj.PORT)
         return value
 
     @field_validator("model")
@@ -235,7 +227,7 @@ class PJLinkDriver(Driver):
         super().__init__(config, context)
         assert isinstance(config, PJLinkConfig)
         self.cfg: PJLinkConfig = config
-        self.host, self.port = split_host(config.host)
+        self.host, self.port = split_host(config.host, pj.PORT)
         m = config.projector_model
         self.rated_lamp = config.rated_lamp_hours or m.rated_lamp_hours
         self.rated_filter = config.rated_filter_hours or m.rated_filter_hours

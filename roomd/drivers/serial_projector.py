@@ -28,6 +28,7 @@ from .base import (
     DriverContext,
     Readings,
 )
+from .serial_port import open_serial
 
 log = logging.getLogger("roomd.serial_projector")
 
@@ -153,23 +154,16 @@ class SerialProjectorDriver(Driver):
             self.waiter.set_exception(DeviceUnreachable(f"{self.cfg.port} closed"))
 
     async def _open(self) -> None:
-        if self.transport is not None:
-            return
-        import serial_asyncio_fast
-
-        s = self.profile.serial
-        try:
-            self.transport, _ = await serial_asyncio_fast.create_serial_connection(
-                asyncio.get_running_loop(),
-                lambda: _LineProtocol(self),
+        if self.transport is None:
+            s = self.profile.serial
+            self.transport = await open_serial(
                 self.cfg.port,
+                lambda: _LineProtocol(self),
                 baudrate=self.cfg.baudrate or s.baudrate,
                 parity=s.parity,
                 stopbits=s.stopbits,
                 bytesize=s.bytesize,
             )
-        except Exception as exc:
-            raise DeviceUnreachable(f"cannot open {self.cfg.port}: {exc}") from None
 
     async def exchange(self, command: str) -> str:
         """Send one command; return the reply text before the prompt (empty for a bare prompt)."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import time
-import tty
 from dataclasses import dataclass, field
+
+from .pty import Pty
 
 POWER_CODES = {"off": "04", "on": "01", "warming": "02", "cooling": "03"}
 
@@ -35,25 +34,20 @@ class EscVp21State:
 class EscVp21Sim:
     def __init__(self, state: EscVp21State | None = None) -> None:
         self.state = state or EscVp21State()
-        self.master = self.slave = -1
-        self.path = ""
+        self.pty = Pty(self._data)
         self.buffer = b""
         self.commands: list[str] = []
 
+    @property
+    def path(self) -> str:
+        return self.pty.path
+
     def start(self) -> EscVp21Sim:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        self.pty.start()
         return self
 
-    def _readable(self) -> None:
-        try:
-            self.buffer += os.read(self.master, 1024)
-        except OSError:
-            return
+    def _data(self, data: bytes) -> None:
+        self.buffer += data
         while b"\r" in self.buffer:
             line, self.buffer = self.buffer.split(b"\r", 1)
             self._handle(line.decode("ascii", errors="replace").strip())
@@ -101,14 +95,7 @@ class EscVp21Sim:
         return "ERR"
 
     def _write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.master, data)
+        self.pty.write(data)
 
     def stop(self) -> None:
-        if self.master >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.master)
-            for fd in (self.master, self.slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self.master = self.slave = -1
+        self.pty.close()

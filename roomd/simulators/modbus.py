@@ -7,9 +7,6 @@ layout from the same device model the driver reads, and can be told to misbehave
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,6 +23,7 @@ from pymodbus.pdu.register_message import (
 
 from ..daemon.profiles import DeviceModel, load_model
 from ..drivers.modbus import split_rtu_frame
+from .pty import Pty
 
 Fault = Literal["none", "silent", "exception", "corrupt", "slow", "disconnect"]
 FAULTS: tuple[Fault, ...] = ("none", "silent", "exception", "corrupt", "slow", "disconnect")
@@ -209,28 +207,19 @@ class ModbusRtuSim:
     def __init__(self, sensors: list[SimSensor]) -> None:
         self.sensors = {s.unit: s for s in sensors}
         self.framer = FramerRTU(DecodePDU(is_server=True))
-        self.master = -1
-        self.slave = -1
-        self.path = ""
+        self.pty = Pty(self._data)
         self.buffer = b""
         self.frames_seen = 0
 
+    @property
+    def path(self) -> str:
+        return self.pty.path
+
     def start(self) -> ModbusRtuSim:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
-        self.path = os.ttyname(self.slave)
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        self.pty.start()
         return self
 
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            return  # EIO while nobody holds the port open
+    def _data(self, data: bytes) -> None:
         self.buffer += data
         self._process()
 
@@ -265,14 +254,7 @@ class ModbusRtuSim:
                 self._write(frame)
 
     def _write(self, frame: bytes) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self.master, frame)
+        self.pty.write(frame)
 
     def stop(self) -> None:
-        if self.master >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.master)
-            for fd in (self.master, self.slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self.master = self.slave = -1
+        self.pty.close()

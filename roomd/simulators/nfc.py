@@ -5,56 +5,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import tty
 from pathlib import Path
 
 from ..drivers.nfc_framing import rdm6300_frame
+from .pty import Pty
 
 
 class ReaderSim:
     def __init__(self, link: Path, framing: str = "rdm6300") -> None:
         self.link = link
         self.framing = framing
-        self.master = self.slave = -1
+        self.pty = Pty(self._data)
         self.received = b""  # what the driver wrote back (acknowledgements)
 
     @property
     def path(self) -> str:
         return str(self.link)
 
+    @property
+    def plugged(self) -> bool:
+        return self.pty.open
+
     def plug(self) -> ReaderSim:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.slave)
-        tty.setraw(self.master)
-        os.set_blocking(self.master, False)
+        self.pty.start()
         tmp = self.link.with_name(self.link.name + ".new")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        tmp.symlink_to(os.ttyname(self.slave))
+        tmp.symlink_to(self.pty.path)
         tmp.replace(self.link)
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
         return self
 
     def unplug(self) -> None:
         """The USB cable is pulled: the port disappears."""
-        if self.master < 0:
+        if not self.pty.open:
             return
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.master)
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.master = self.slave = -1
+        self.pty.close()
 
     stop = unplug
 
-    def _readable(self) -> None:
-        with contextlib.suppress(OSError):
-            self.received += os.read(self.master, 1024)
+    def _data(self, data: bytes) -> None:
+        self.received += data
 
     def frame(self, uid: str) -> bytes:
         if self.framing == "rdm6300":
@@ -62,9 +55,7 @@ class ReaderSim:
         return uid.encode() + b"\r\n"
 
     def write(self, data: bytes) -> None:
-        if self.master >= 0:
-            with contextlib.suppress(OSError):
-                os.write(self.master, data)
+        self.pty.write(data)
 
     def tap(self, uid: str, repeats: int = 1) -> None:
         """A card held to the reader: RDM6300 repeats its frame while it stays there."""

@@ -399,7 +399,7 @@ class SimControl:
             reader.unplug()
             return f"ok {room.id}/reader unplugged"
         if cmd == "fault" and args in (["none"], ["plug"]):
-            if reader.master < 0:
+            if not reader.plugged:
                 reader.plug()
             return f"ok {room.id}/reader plugged in"
         if cmd == "fault" and args == ["corrupt"]:
