@@ -79,3 +79,41 @@ def test_profile_validation() -> None:
     assert p.prompt == ":" and p.queries[0].command == "PWR?"
     with pytest.raises(ValueError, match="unknown serial projector profile 'nec'"):
         load_serial_profile("nec")
+
+
+async def test_serial_io_works_past_1024_file_descriptors(tmp_path: Any) -> None:
+    """pyserial's read() selects, which fails for fd ≥ 1024; roomd reads the fd itself."""
+    import os
+    import resource
+
+    from roomd.drivers.nfc import NfcReaderDriver, NfcSerialConfig
+    from roomd.simulators.nfc import ReaderSim, card_uid
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.fail(f"this machine allows only {hard} open files; the test needs 1200")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1050)]
+    reader = ReaderSim(tmp_path / "reader").plug()
+    try:
+        cfg = NfcSerialConfig.model_validate(
+            {"id": "r", "driver": "nfc-serial", "port": reader.path, "framing": "rdm6300"}
+        )
+        d = NfcReaderDriver(cfg, DriverContext())
+        seen: list[str] = []
+        d.on_card = lambda uid, at: seen.append(uid)
+        await d.poll()
+        assert d.transport is not None
+        assert d.transport._fd >= 1024  # type: ignore[attr-defined]  # the case that broke
+        reader.tap(card_uid(7))
+        for _ in range(100):
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [card_uid(7)]
+        await d.close()
+    finally:
+        reader.unplug()
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
