@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from roomd.daemon.clock import FakeClock
 from roomd.daemon.config import load_config
 from roomd.daemon.supervisor import Daemon
@@ -226,4 +228,35 @@ async def test_records_past_retention_are_purged(tmp_path: Path, mosquitto: Mosq
     finally:
         daemon.stop()
         await asyncio.wait_for(task, 10)
+        reader.unplug()
+
+
+async def test_latency_limits_raise_alerts(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    reader = ReaderSim(tmp_path / "reader0").plug()
+    cfg = config(tmp_path, mosquitto, reader)
+    data = yaml.safe_load(cfg.read_text())
+    # Limits no real sign-in can meet, to see both rules fire: per sign-in, and a meeting's p95.
+    data["signins"] = {"min_for_p95": 3}
+    data["rooms"][0]["thresholds"] = {
+        "signin_latency_s": {"max": 1e-9},
+        "signin_latency_p95_s": {"max": 1e-9},
+    }
+    write_config(cfg, data)
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    each = f"{BASE}/r301/alerts/r301._room.signin_latency_s.max"
+    p95 = f"{BASE}/r301/alerts/r301._room.signin_latency_p95_s.max"
+    try:
+        async with running(cfg) as daemon:
+            await until(lambda: daemon.pollers[("r301", "reader")].online is True, 5, "reader")
+            reader.tap(card_uid(1))
+            slow = (await rec.wait_for(lambda m: m.topic == each and m.payload))[0].json()
+            assert slow["severity"] == "III" and slow["unit"] == "s"
+            assert not rec.matching(lambda m: m.topic == p95 and m.payload)  # 1 < min_for_p95
+            reader.tap(card_uid(2))
+            reader.tap(card_uid(3))
+            worst = (await rec.wait_for(lambda m: m.topic == p95 and m.payload))[0].json()
+            assert worst["severity"] == "IV" and worst["value"] > 0
+    finally:
         reader.unplug()
