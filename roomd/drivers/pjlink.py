@@ -440,6 +440,14 @@ class PJLinkDriver(Driver):
                 value = await self._ask(s, command, 2)
                 if value:
                     info[key] = value
+            names = []
+            for code in info.get("inputs", "").split()[:16]:
+                if pj.valid_input(code):
+                    reply = await s.query("INNM", f"?{code}", 2)
+                    if reply.error is None and reply.param:
+                        names.append(f"{code}={reply.param}")
+            if names:
+                info["input_names"] = ", ".join(names)
         self.info = info
         self._identified = True
 

@@ -60,6 +60,7 @@ async def test_poll_with_and_without_password(password: str | None) -> None:
         assert r["input_lines"] is None  # off: the signal rule does not apply
         assert r["rated_lumens"] == 4500 and r["projector_fault"] == 0
         assert d.info["name"] == "Room Projector" and d.info["serial"] == "SIM0001"
+        assert d.info["input_names"] == "11=RGB, 31=HDMI 1, 32=HDMI 2, 51=LAN"
         # The digest is sent in front of the first command only.
         assert sim.commands[0] == "%1CLSS ?"
     finally:
