@@ -28,7 +28,7 @@ from ..drivers.base import (
     DriverContext,
     Readings,
 )
-from ..drivers.nfc import NfcReaderDriver
+from ..drivers.nfc import CardReaderDriver
 from .alerts import AlertBook
 from .attendance import Attendance
 from .clock import Clock, iso
@@ -189,7 +189,7 @@ class Daemon:
         assert cls is not None, "validated in config"
         poller = Poller(room=room, config=dev, driver=cls(dev, self.context))
         poller.driver.push = lambda partial: self._pushed(poller, partial)
-        if isinstance(poller.driver, NfcReaderDriver):
+        if isinstance(poller.driver, CardReaderDriver):
             poller.driver.on_card = lambda uid, at: self._on_card(poller, uid, at)
             self.book.set_rules(room.id, ROOM_DEVICE, room.thresholds)
         self._set_rules(poller)
@@ -457,7 +457,7 @@ class Daemon:
         self.metrics.signin_latency.observe(latency)
         if name is None:
             log.info("%s: unknown card signed in to %s", room.id, meeting)
-        assert isinstance(p.driver, NfcReaderDriver)
+        assert isinstance(p.driver, CardReaderDriver)
         p.driver.acknowledge()
         self._room_readings(room, meeting, latency)
 

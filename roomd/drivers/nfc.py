@@ -20,7 +20,14 @@ from pydantic import Field
 
 from ..daemon.units import Duration
 from . import register
-from .base import DeviceConfig, DeviceTimeout, DeviceUnreachable, Driver, DriverContext, Readings
+from .base import (
+    DeviceConfig,
+    DeviceTimeout,
+    DeviceUnreachable,
+    Driver,
+    DriverContext,
+    Readings,
+)
 from .nfc_framing import Deduplicator, LineParser, Rdm6300Parser
 from .serial_port import open_serial
 
@@ -41,6 +48,18 @@ class NfcSerialConfig(DeviceConfig):
     poll: Duration = 2.0
 
 
+class CardReaderDriver(Driver):
+    """What the daemon needs of any sign-in reader: cards go to `on_card` as they are read."""
+
+    def __init__(self, config: DeviceConfig, context: DriverContext) -> None:
+        super().__init__(config, context)
+        self.on_card: CardHandler | None = None
+        self.cards_read = 0
+
+    def acknowledge(self) -> None:
+        """Tell the reader the sign-in is recorded (beep/LED), where it has a way to show it."""
+
+
 class _Reader(asyncio.Protocol):
     def __init__(self, driver: NfcReaderDriver) -> None:
         self.driver = driver
@@ -53,7 +72,7 @@ class _Reader(asyncio.Protocol):
 
 
 @register
-class NfcReaderDriver(Driver):
+class NfcReaderDriver(CardReaderDriver):
     kind = "nfc-serial"
     config_model = NfcSerialConfig
     self_timed = True
@@ -67,9 +86,7 @@ class NfcReaderDriver(Driver):
         )
         self.dedupe = Deduplicator(config.dedupe)
         self.transport: asyncio.BaseTransport | None = None
-        self.on_card: CardHandler | None = None
         self.last_data = time.monotonic()
-        self.cards_read = 0
         self.lost_reason = ""
 
     @property
@@ -109,7 +126,6 @@ class NfcReaderDriver(Driver):
         return {"bad_frames": self.parser.bad_frames, "cards_read": self.cards_read}
 
     def acknowledge(self) -> None:
-        """Tell the reader the sign-in is recorded (beep/LED), if it has a way to show it."""
         if self.cfg.ack and self.transport is not None:
             data = self.cfg.ack.encode("latin-1")
             with contextlib.suppress(Exception):

@@ -1,0 +1,133 @@
+"""PC/SC readers against a real pcscd: the vsmartcard `vpcd` reader driver and a simulated card."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roomd.drivers.base import DeviceUnreachable, DriverContext
+from roomd.drivers.pcsc import PcscConfig, PcscReaderDriver
+from roomd.simulators.pcsc import VirtualCard
+from tests.conftest import Mosquitto, free_port, until, write_config
+from tests.integration.test_daemon import BASE, running
+
+VPCD = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
+
+
+@pytest.fixture
+def pcscd(tmp_path: Path) -> Iterator[int]:
+    """A pcscd of the test's own with one virtual reader on a free port; yields the port."""
+    binary = shutil.which("pcscd") or "/usr/sbin/pcscd"
+    if not Path(binary).exists() or not Path(VPCD).exists():
+        pytest.fail("pcscd and vsmartcard-vpcd are missing: ./scripts/test installs them")
+    if subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True).returncode == 0:
+        pytest.fail("another pcscd is running; the test needs its own (its socket is global)")
+    port = free_port()
+    conf = tmp_path / "reader.conf.d"
+    conf.mkdir()
+    (conf / "vpcd").write_text(
+        f'FRIENDLYNAME "Virtual PCD"\nDEVICENAME /dev/null:0x{port:X}\n'
+        f"LIBPATH {VPCD}\nCHANNELID 0x{port:X}\n"
+    )
+    proc = subprocess.Popen(
+        [binary, "-f", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # vpcd listens once pcscd has loaded it
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    time.sleep(0.3)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def driver(**kw: Any) -> PcscReaderDriver:
+    cfg = PcscConfig.model_validate(
+        {"id": "pcsc", "driver": "nfc-pcsc", "reader": "Virtual PCD", **kw}
+    )
+    return PcscReaderDriver(cfg, DriverContext())
+
+
+async def test_uid_by_apdu_once_per_presence(pcscd: int) -> None:
+    card = VirtualCard(pcscd)
+    d = driver()
+    seen: list[str] = []
+    d.on_card = lambda uid, at: seen.append(uid)
+    assert await d.poll() == {"cards_read": 0}
+    assert d.reader_name.startswith("Virtual PCD")
+    await card.tap("04A1B2C3D4E5F6")
+    for _ in range(20):
+        await d.poll()  # the card stays on the reader: reported once
+        await asyncio.sleep(0.05)
+    assert seen == ["04A1B2C3D4E5F6"]
+    await card.remove()
+    await until(lambda: asyncio.get_event_loop() is not None, 1)
+    for _ in range(5):
+        await d.poll()
+        await asyncio.sleep(0.1)
+    await card.tap("04DEADBEEF0001")
+    for _ in range(10):
+        await d.poll()
+        await asyncio.sleep(0.05)
+    assert seen == ["04A1B2C3D4E5F6", "04DEADBEEF0001"]
+    await card.remove()
+
+
+async def test_missing_reader_is_unreachable(pcscd: int) -> None:
+    with pytest.raises(DeviceUnreachable, match="no PC/SC reader matching 'ACR122'"):
+        await driver(reader="ACR122").poll()
+
+
+async def test_pcsc_sign_in_through_the_daemon(
+    tmp_path: Path, pcscd: int, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    roster = tmp_path / "roster.csv"
+    roster.write_text("uid,name\n04A1B2C3D4E5F6,Ada Lovelace\n")
+    cfg = write_config(
+        tmp_path / "roomd.yaml",
+        {
+            "site": "hq",
+            "mqtt": {"url": mosquitto.url},
+            "http": {"listen": f"127.0.0.1:{free_port()}"},
+            "state_dir": str(tmp_path / "state"),
+            "rooms": [
+                {
+                    "id": "r301",
+                    "area_m2": 60,
+                    "roster": str(roster),
+                    "devices": [
+                        {
+                            "id": "pcsc",
+                            "driver": "nfc-pcsc",
+                            "reader": "Virtual PCD",
+                            "poll": "100ms",
+                        }
+                    ],
+                }
+            ],
+        },
+    )
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    card = VirtualCard(pcscd)
+    async with running(cfg) as daemon:
+        await until(lambda: daemon.pollers[("r301", "pcsc")].online is True, 10, "reader")
+        await card.tap("04A1B2C3D4E5F6")
+        event = (
+            await rec.wait_for(
+                lambda m: m.topic == f"{BASE}/r301/events" and m.json()["type"] == "signin"
+            )
+        )[0].json()
+        assert event["attendee"] == "Ada Lovelace" and event["reader"] == "pcsc"
+        await card.remove()
