@@ -37,6 +37,7 @@ from .model import Transition
 from .sinks.mqtt import MqttSink
 from .sinks.prometheus import HttpServer, Metrics
 from .store import Pending, SigninRow, Store
+from .systemd import SdNotifier
 
 log = logging.getLogger("roomd")
 
@@ -89,6 +90,7 @@ class Daemon:
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
+        self.systemd = SdNotifier()
         self.attendance = Attendance(
             Attendance.load_secret(config.signins.secret_file, config.state_dir)
         )
@@ -121,11 +123,14 @@ class Daemon:
                 tg.create_task(self._retention_loop(), name="signin-retention")
                 self._apply(cfg, first=True)
                 self.ready.set()
+                self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
+                tg.create_task(self._systemd_loop(), name="systemd-watchdog")
                 await self._stopping.wait()
                 raise _Stop
         except* _Stop:
             pass
         finally:
+            self.systemd.notify("STOPPING=1", "STATUS=stopping")
             self._tasks = None
             for poller in self.pollers.values():
                 with contextlib.suppress(Exception):
@@ -136,6 +141,7 @@ class Daemon:
             await self.mqtt.stop()
             await self.http.stop()
             self.store.close()
+            self.systemd.close()
             log.info("roomd stopped")
 
     def stop(self) -> None:
@@ -143,11 +149,13 @@ class Daemon:
 
     def reload(self) -> bool:
         """Re-read the config file. Invalid → keep running on the old one."""
+        self.systemd.notify("RELOADING=1")
         try:
             new = load_config(self.config.path)
         except ConfigError as exc:
             for issue in exc.issues:
                 log.error("reload rejected: %s", issue)
+            self.systemd.notify("READY=1", "STATUS=reload rejected; running the previous config")
             return False
         if new.site != self.config.site or new.mqtt != self.config.mqtt:
             log.warning("reload: site and mqtt changes take effect on restart")
@@ -155,6 +163,7 @@ class Daemon:
         self.config = new
         self._load_rosters(new)
         log.info("config reloaded from %s", new.path)
+        self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
         return True
 
     def _apply(self, cfg: SiteConfig, first: bool) -> None:
@@ -586,6 +595,27 @@ class Daemon:
             result.update(ok=False, error=f"unknown command {name!r} (known: ack, reload, status)")
         result["ts"] = iso(self.clock.time())
         self.mqtt.publish_now(topic, result)
+
+    async def _systemd_loop(self) -> None:
+        """WATCHDOG=1 at half of WatchdogSec, from the event loop itself: a stalled loop stops
+        the pings and systemd restarts the service. STATUS= every 10 s."""
+        if not self.systemd.enabled:
+            return
+        interval = min(self.systemd.watchdog or 10.0, 10.0)
+        since_status = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            lines = ["WATCHDOG=1"] if self.systemd.watchdog else []
+            since_status += interval
+            if since_status >= 10.0 or not lines:
+                lines.append(f"STATUS={self.status_line()}")
+                since_status = 0.0
+            self.systemd.notify(*lines)
+
+    def status_line(self) -> str:
+        h = self.health()
+        mqtt = "MQTT connected" if h["mqtt_connected"] else f"MQTT down, {h['outbox']} queued"
+        return f"{h['devices_up']}/{h['devices']} devices up, {h['alerts_active']} alerts, {mqtt}"
 
     # ---- introspection -----------------------------------------------------------------------
 
