@@ -109,6 +109,11 @@ class SigninsConfig(_Strict):
     min_for_p95: int = Field(20, ge=1)  # sign-ins in a meeting before its p95 is judged
 
 
+class HomeAssistantConfig(_Strict):
+    enabled: bool = False
+    prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+
+
 class RoomConfig(_Strict):
     id: str = Field(pattern=_ID)
     name: str = ""
@@ -129,6 +134,7 @@ class _SiteModel(_Strict):
     profile: str = "standard"
     poll_jitter: float = Field(0.05, ge=0, le=0.5)
     signins: SigninsConfig = Field(default_factory=SigninsConfig)
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -161,6 +167,7 @@ class SiteConfig:
     profile: str
     poll_jitter: float
     signins: SigninsConfig
+    homeassistant: HomeAssistantConfig
     rooms: tuple[Room, ...]
 
     def room(self, room_id: str) -> Room | None:
@@ -353,6 +360,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         profile=site.profile,
         poll_jitter=site.poll_jitter,
         signins=site.signins,
+        homeassistant=site.homeassistant,
         rooms=tuple(rooms),
     )
 

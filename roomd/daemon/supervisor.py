@@ -34,6 +34,7 @@ from .attendance import Attendance
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
 from .model import Transition
+from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
 from .sinks.prometheus import HttpServer, Metrics
 from .store import Pending, SigninRow, Store
@@ -91,6 +92,10 @@ class Daemon:
         self._background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.systemd = SdNotifier()
+        self._ha_topics = PublishedTopics(config.state_dir)
+        if config.homeassistant.enabled:
+            self.mqtt.extra_topics.append(f"{config.homeassistant.prefix}/status")
+            self.mqtt.on_other = self._on_ha_status
         self.attendance = Attendance(
             Attendance.load_secret(config.signins.secret_file, config.state_dir)
         )
@@ -122,6 +127,7 @@ class Daemon:
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
                 tg.create_task(self._retention_loop(), name="signin-retention")
                 self._apply(cfg, first=True)
+                self._publish_discovery()
                 self.ready.set()
                 self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
                 tg.create_task(self._systemd_loop(), name="systemd-watchdog")
@@ -162,6 +168,7 @@ class Daemon:
         self._apply(new, first=False)
         self.config = new
         self._load_rosters(new)
+        self._publish_discovery()
         log.info("config reloaded from %s", new.path)
         self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
         return True
@@ -595,6 +602,37 @@ class Daemon:
             result.update(ok=False, error=f"unknown command {name!r} (known: ack, reload, status)")
         result["ts"] = iso(self.clock.time())
         self.mqtt.publish_now(topic, result)
+
+    def _publish_discovery(self) -> None:
+        """Home Assistant discovery configs for what the config has; removals for the rest."""
+        ha = self.config.homeassistant
+        previous = self._ha_topics.load()
+        current: dict[str, dict[str, Any]] = {}
+        if ha.enabled:
+            rooms = {r.id: r.config.name for r in self.config.rooms}
+            devices = [
+                DeviceInfo(
+                    p.room.id,
+                    p.room.config.name,
+                    p.config.id,
+                    p.config.name,
+                    p.driver.kind,
+                    p.driver.model_name,
+                    tuple(p.driver.metrics),
+                )
+                for p in self.pollers.values()
+            ]
+            current = discovery_configs(ha.prefix, self.mqtt.base, self.config.site, rooms, devices)
+        for topic, payload in current.items():
+            self.mqtt.publish_state(topic, payload)
+        for topic in previous - current.keys():
+            self.mqtt.unpublish(topic)
+        if current.keys() != previous:
+            self._ha_topics.save(set(current))
+
+    def _on_ha_status(self, topic: str, payload: bytes) -> None:
+        if payload.strip() == b"online":  # Home Assistant restarted: send the configs again
+            self._publish_discovery()
 
     async def _systemd_loop(self) -> None:
         """WATCHDOG=1 at half of WatchdogSec, from the event loop itself: a stalled loop stops

@@ -99,9 +99,8 @@ def secure_broker(tmp_path: Path) -> Any:
     conf.write_text(
         f"listener {port} 127.0.0.1\ncafile {d}/ca.crt\ncertfile {d}/server.crt\n"
         f"keyfile {d}/server.key\nallow_anonymous false\npassword_file {passwd}\n"
-        f"acl_file {d}/acl\n"
+        f"acl_file {d}/acl\n" + ("user root\n" if os.geteuid() == 0 else "")
         # Started as root, mosquitto would switch to its own user, who cannot read these files.
-        + ("user root\n" if os.geteuid() == 0 else "")
     )
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     proc = subprocess.Popen(

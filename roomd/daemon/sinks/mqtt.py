@@ -74,6 +74,8 @@ class MqttSink:
         self._attempt = 0
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.extra_topics: list[str] = []  # more subscriptions, routed to on_other
+        self.on_other: Callable[[str, bytes], None] | None = None
         self._sock: Any = None
         self._loop_thread = 0
 
@@ -110,6 +112,13 @@ class MqttSink:
             info = client.publish(topic, data, qos=self.cfg.state_qos, retain=True)
             if self.cfg.state_qos:
                 self._untracked.add(info.mid)
+
+    def unpublish(self, topic: str) -> None:
+        """Clear a retained topic (an empty retained payload), now or on the next connect."""
+        self._retained[topic] = b""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            client.publish(topic, b"", qos=1, retain=True)
 
     def publish_now(self, topic: str, payload: dict[str, Any], qos: int = 1) -> None:
         """Fire-and-forget (command results): lost if the broker is down, by design."""
@@ -296,7 +305,10 @@ class MqttSink:
             self._call(self._note_failure, f"broker refused the connection: {reason}")
             return
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
-        client.subscribe([(f"{self.base}/+/+/cmd", 1), (f"{self.base}/_daemon/cmd", 1)])
+        client.subscribe(
+            [(f"{self.base}/+/+/cmd", 1), (f"{self.base}/_daemon/cmd", 1)]
+            + [(t, 1) for t in self.extra_topics]
+        )
         for topic, data in list(self._retained.items()):
             client.publish(topic, data, qos=1, retain=True)
         self._call(self._connected)
@@ -354,6 +366,10 @@ class MqttSink:
         self.kick()
 
     def _command(self, topic: str, payload: bytes) -> None:
+        if topic in self.extra_topics:
+            if self.on_other is not None:
+                self.on_other(topic, payload)
+            return
         if self.on_command is None or not topic.startswith(self.base + "/"):
             return
         parts = topic[len(self.base) + 1 :].split("/")
