@@ -174,6 +174,8 @@ class Daemon:
         return True
 
     def _apply(self, cfg: SiteConfig, first: bool) -> None:
+        by_sev: Counter[str] = Counter(a.severity for a in self.book.active.values())
+        self.metrics.set_alert_counts(by_sev, {r.id: self.book.room_count(r.id) for r in cfg.rooms})
         wanted: dict[tuple[str, str], tuple[Room, DeviceConfig]] = {
             (room.id, dev.id): (room, dev) for room in cfg.rooms for dev in room.devices
         }
@@ -488,7 +490,7 @@ class Daemon:
             readings["signin_latency_s"] = round(latency, 6)
         enough = len(att.latencies.get(meeting, ())) >= self.config.signins.min_for_p95
         p95 = att.p95(meeting) if enough else None
-        readings["signin_latency_p95_s"] = None if p95 is None else round(p95, 6)
+        readings["signin_latency_p95_seconds"] = None if p95 is None else round(p95, 6)
         transitions = self.book.observe(room.id, ROOM_DEVICE, readings)
         if transitions:
             self.emit(transitions)

@@ -241,12 +241,12 @@ async def test_latency_limits_raise_alerts(
     data["signins"] = {"min_for_p95": 3}
     data["rooms"][0]["thresholds"] = {
         "signin_latency_s": {"max": 1e-9},
-        "signin_latency_p95_s": {"max": 1e-9},
+        "signin_latency_p95_seconds": {"max": 1e-9},
     }
     write_config(cfg, data)
     rec = recorder_factory(mosquitto.port, topic="roomd/#")
     each = f"{BASE}/r301/alerts/r301._room.signin_latency_s.max"
-    p95 = f"{BASE}/r301/alerts/r301._room.signin_latency_p95_s.max"
+    p95 = f"{BASE}/r301/alerts/r301._room.signin_latency_p95_seconds.max"
     try:
         async with running(cfg) as daemon:
             await until(lambda: daemon.pollers[("r301", "reader")].online is True, 5, "reader")
