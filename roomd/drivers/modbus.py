@@ -238,17 +238,6 @@ def split_rtu_frame(framer: FramerRTU, data: bytes) -> tuple[int, int, bytes | N
     return 0, 0, b""
 
 
-class _SerialProtocol(asyncio.Protocol):
-    def __init__(self, bus: RtuBus) -> None:
-        self.bus = bus
-
-    def data_received(self, data: bytes) -> None:
-        self.bus.on_data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.bus.on_lost(exc)
-
-
 class RtuBus:
     """One RS-485 line. Requests are serialized; each waits for one reply frame or its timeout."""
 
@@ -271,7 +260,7 @@ class RtuBus:
     async def _ensure_open(self) -> None:
         if self.transport is None:
             self.transport = await open_serial(
-                self.port, lambda: _SerialProtocol(self), **self.settings
+                self.port, self.on_data, self.on_lost, **self.settings
             )
 
     def on_data(self, data: bytes) -> None:

@@ -60,17 +60,6 @@ class CardReaderDriver(Driver):
         """Tell the reader the sign-in is recorded (beep/LED), where it has a way to show it."""
 
 
-class _Reader(asyncio.Protocol):
-    def __init__(self, driver: NfcReaderDriver) -> None:
-        self.driver = driver
-
-    def data_received(self, data: bytes) -> None:
-        self.driver._data(data, time.perf_counter())
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.driver._lost(exc)
-
-
 @register
 class NfcReaderDriver(CardReaderDriver):
     kind = "nfc-serial"
@@ -111,7 +100,10 @@ class NfcReaderDriver(CardReaderDriver):
         if not os.path.exists(self.cfg.port):  # noqa: ASYNC240 - one stat, no I/O wait
             raise DeviceUnreachable(f"{self.cfg.port} is not there (reader unplugged?)")
         self.transport = await open_serial(
-            self.cfg.port, lambda: _Reader(self), baudrate=self.cfg.baudrate
+            self.cfg.port,
+            lambda data: self._data(data, time.perf_counter()),
+            self._lost,
+            baudrate=self.cfg.baudrate,
         )
         self.last_data = time.monotonic()
 

@@ -97,8 +97,25 @@ class SerialTransport(asyncio.Transport):
         self._protocol.connection_lost(exc)
 
 
+class _Callbacks(asyncio.Protocol):
+    def __init__(
+        self, on_data: Callable[[bytes], None], on_lost: Callable[[Exception | None], None]
+    ) -> None:
+        self._on_data = on_data
+        self._on_lost = on_lost
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+
 async def open_serial(
-    port: str, protocol: Callable[[], asyncio.Protocol], **settings: Any
+    port: str,
+    on_data: Callable[[bytes], None],
+    on_lost: Callable[[Exception | None], None],
+    **settings: Any,
 ) -> SerialTransport:
     """Open `port`; DeviceUnreachable when it cannot be. Pseudo-terminals (simulators, some USB
     bridges) reject parity with EINVAL: parity is a line property they do not carry, so the
@@ -107,7 +124,7 @@ async def open_serial(
     for attempt in range(2):
         try:
             ser = serial.Serial(port, timeout=0, **settings)
-            return SerialTransport(ser, protocol())
+            return SerialTransport(ser, _Callbacks(on_data, on_lost))
         except (serial.SerialException, OSError, ValueError) as exc:
             parity = settings.get("parity", "N")
             if attempt == 0 and parity != "N" and "Invalid argument" in str(exc):

@@ -103,17 +103,6 @@ class SerialProjectorConfig(DeviceConfig):
         return value
 
 
-class _LineProtocol(asyncio.Protocol):
-    def __init__(self, owner: SerialProjectorDriver) -> None:
-        self.owner = owner
-
-    def data_received(self, data: bytes) -> None:
-        self.owner._data(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.owner._lost(exc)
-
-
 @register
 class SerialProjectorDriver(Driver):
     kind = "serial-projector"
@@ -158,7 +147,8 @@ class SerialProjectorDriver(Driver):
             s = self.profile.serial
             self.transport = await open_serial(
                 self.cfg.port,
-                lambda: _LineProtocol(self),
+                self._data,
+                self._lost,
                 baudrate=self.cfg.baudrate or s.baudrate,
                 parity=s.parity,
                 stopbits=s.stopbits,
