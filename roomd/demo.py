@@ -167,11 +167,11 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
             "humidity_pct": {"hold": "10s"},
         }
     cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    daemon = Daemon(load_config(cfg_path))
     events: deque[str] = deque(maxlen=8)
     handler = _EventLines(events)
     logging.getLogger("roomd").addHandler(handler)
     logging.getLogger("roomd").propagate = False
+    daemon = Daemon(load_config(cfg_path))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
