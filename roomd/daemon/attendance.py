@@ -24,6 +24,16 @@ class Attendance:
         self._rosters: dict[str, dict[str, str]] = {}  # room → card hash → attendee
         self.cards: dict[str, set[str]] = {}  # meeting → card hashes signed in
         self.latencies: dict[str, list[float]] = {}  # meeting → sign-in latencies (s)
+        self._current: dict[str, str] = {}  # room → its current meeting
+
+    def enter(self, room: str, meeting: str) -> None:
+        """A room moved on to `meeting`: forget the previous one's in-memory state (the
+        records stay in the store), so a daemon that runs for years does not grow."""
+        previous = self._current.get(room)
+        if previous is not None and previous != meeting:
+            self.cards.pop(previous, None)
+            self.latencies.pop(previous, None)
+        self._current[room] = meeting
 
     @staticmethod
     def load_secret(secret_file: Path | None, state_dir: Path) -> bytes:

@@ -447,6 +447,7 @@ class Daemon:
         room = p.room
         meeting = self.current_meeting(room.id)
         att = self.attendance
+        att.enter(room.id, meeting)
         card = att.card(uid)  # the raw UID goes no further than this line
         name = att.attendee(room.id, card)
         cards = att.cards.get(meeting)

@@ -53,3 +53,18 @@ def test_parsers_survive_any_bytes(junk: bytes) -> None:
         assert len(uid) == 10
     for uid in line.feed(junk):
         assert uid.isalnum()
+
+
+def test_attendance_forgets_a_rooms_previous_meeting() -> None:
+    from roomd.daemon.attendance import Attendance
+
+    att = Attendance(b"k" * 32)
+    att.enter("r301", "r301-20261122")
+    att.cards["r301-20261122"] = {"a"}
+    att.latencies["r301-20261122"] = [0.001]
+    att.enter("r302", "r302-20261122")
+    att.cards["r302-20261122"] = {"b"}
+    att.enter("r301", "r301-20261123")
+    assert "r301-20261122" not in att.cards and "r301-20261122" not in att.latencies
+    assert att.cards["r302-20261122"] == {"b"}
+    assert att.card("04:a1:b2") == att.card("04A1B2")  # UIDs are normalized before hashing
