@@ -109,6 +109,14 @@ class SigninsConfig(_Strict):
     min_for_p95: int = Field(20, ge=1)  # sign-ins in a meeting before its p95 is judged
 
 
+class EscalationConfig(_Strict):
+    """STANDARD §3 (centre rules art. 7): a problem reported but not solved is reported again
+    and again until it is solved. Unacknowledged alerts of these grades are re-announced."""
+
+    interval: Duration = 300.0
+    grades: list[Literal["I", "II", "III", "IV"]] = ["I", "II"]
+
+
 class HomeAssistantConfig(_Strict):
     enabled: bool = False
     prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
@@ -135,6 +143,7 @@ class _SiteModel(_Strict):
     poll_jitter: float = Field(0.05, ge=0, le=0.5)
     signins: SigninsConfig = Field(default_factory=SigninsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -168,6 +177,7 @@ class SiteConfig:
     poll_jitter: float
     signins: SigninsConfig
     homeassistant: HomeAssistantConfig
+    escalation: EscalationConfig
     rooms: tuple[Room, ...]
 
     def room(self, room_id: str) -> Room | None:
@@ -361,6 +371,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         poll_jitter=site.poll_jitter,
         signins=site.signins,
         homeassistant=site.homeassistant,
+        escalation=site.escalation,
         rooms=tuple(rooms),
     )
 

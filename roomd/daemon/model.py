@@ -8,7 +8,7 @@ from typing import Any, Literal
 from .units import Severity
 
 AlertState = Literal["active", "acknowledged", "cleared"]
-TransitionKind = Literal["raised", "cleared", "acknowledged", "updated"]
+TransitionKind = Literal["raised", "cleared", "acknowledged", "updated", "escalated"]
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,7 @@ class Daemon:
         self.room_pollers: dict[str, dict[str, Poller]] = {}
         self._room_published: dict[str, dict[str, Any]] = {}
         self._attendees: dict[str, int] = {}
+        self._announced: dict[str, float] = {}  # alert id → monotonic time last announced
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -125,7 +127,7 @@ class Daemon:
             async with asyncio.TaskGroup() as tg:
                 self._tasks = tg
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
-                tg.create_task(self._retention_loop(), name="signin-retention")
+                tg.create_task(self._housekeeping_loop(), name="housekeeping")
                 self._apply(cfg, first=True)
                 self._publish_discovery()
                 self.ready.set()
@@ -499,14 +501,55 @@ class Daemon:
         self._attendees[room.id] = n
         self._publish_room(room.id)
 
-    async def _retention_loop(self) -> None:
+    def purge_signins(self) -> int:
+        cutoff = self.clock.time() - self.config.signins.retention
+        purged = self.store.purge_signins(cutoff)
+        if purged:
+            log.info("purged %d sign-in records older than the retention period", purged)
+            self.attendance.cards.clear()  # reloaded from the store on next use
+        return purged
+
+    def check_inspections(self) -> None:
+        """days_since_inspection for every device with `last_inspected` (profile: > 90 → IV)."""
+        today = time.gmtime(self.clock.time())
+        today_ordinal = date(today.tm_year, today.tm_mon, today.tm_mday).toordinal()
+        for p in self.pollers.values():
+            if p.config.last_inspected is not None:
+                days = today_ordinal - p.config.last_inspected.toordinal()
+                reading: Readings = {"days_since_inspection": days}
+                self.emit(self.book.observe(p.room.id, p.config.id, reading))
+                self.metrics.update(p.room.id, p.config.id, reading)
+
+    def escalate_due(self) -> list[Transition]:
+        """Re-announce unacknowledged alerts of the configured grades every interval."""
+        esc = self.config.escalation
+        now = self.clock.monotonic()
+        out: list[Transition] = []
+        for alert_id, alert in list(self.book.active.items()):
+            if alert.state != "active" or alert.severity not in esc.grades:
+                self._announced.pop(alert_id, None)
+                continue
+            last = self._announced.setdefault(alert_id, now)
+            if now - last >= esc.interval:
+                self._announced[alert_id] = now
+                alert.extra["escalations"] = int(alert.extra.get("escalations", 0)) + 1
+                alert.ts = iso(self.clock.time())
+                out.append(Transition("escalated", alert))
+        for gone in set(self._announced) - set(self.book.active):
+            del self._announced[gone]
+        if out:
+            self.emit(out)
+        return out
+
+    async def _housekeeping_loop(self) -> None:
+        hourly = 0.0
         while True:
-            cutoff = self.clock.time() - self.config.signins.retention
-            purged = self.store.purge_signins(cutoff)
-            if purged:
-                log.info("purged %d sign-in records older than the retention period", purged)
-                self.attendance.cards.clear()  # reloaded from the store on next use
-            await asyncio.sleep(3600)
+            if self.clock.monotonic() >= hourly:
+                self.purge_signins()
+                self.check_inspections()
+                hourly = self.clock.monotonic() + 3600
+            self.escalate_due()
+            await asyncio.sleep(5)
 
     # ---- commands ----------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,6 +30,7 @@ class DeviceConfig(BaseModel):
     poll: Duration = 10.0
     timeout: Duration = 2.0
     thresholds: dict[str, ThresholdOverride] = {}
+    last_inspected: date | None = None  # STANDARD §4: every device inspected once a quarter
 
 
 def split_host(value: str, default_port: int) -> tuple[str, int]:
