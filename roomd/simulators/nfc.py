@@ -75,13 +75,18 @@ def card_uid(n: int) -> str:
 async def tap_script(
     reader: ReaderSim, roster: list[str], period: float, rng: random.Random
 ) -> None:
-    """Attendees arrive: mostly known cards, some held (repeats), some unknown, a little noise."""
+    """Attendees arrive: mostly known cards, some held (repeats), some unknown, a little noise,
+    and now and then the reader's USB cable is pulled and plugged back in a few seconds later."""
     queue = list(roster)
     rng.shuffle(queue)
     while True:
         await asyncio.sleep(rng.uniform(0.5, 1.5) * period)
         roll = rng.random()
-        if roll < 0.05:
+        if roll < 0.02 and reader.plugged:
+            reader.unplug()
+            await asyncio.sleep(rng.uniform(3, 6))
+            reader.plug()
+        elif roll < 0.05:
             reader.corrupt()
         elif roll < 0.12:
             reader.tap(card_uid(10_000 + rng.randrange(1000)))  # a visitor's card

@@ -83,12 +83,22 @@ class SimulatedSite:
             env = SimSensor.of("generic-iaq")
             env.source = self._source(i)
             room.tcp["env"] = await ModbusTcpSim([env]).start()
+            if i == 1:  # every shipped model is served somewhere: SCD30 on TCP here
+                scd30 = SimSensor.of("scd30")
+                scd30.source = self._source(i)
+                room.tcp["scd30"] = await ModbusTcpSim([scd30]).start()
             if self.with_rtu:
                 climate = SimSensor.of("xy-md02", unit=1)
                 co2 = SimSensor.of("senseair-s8", unit=254)
                 climate.source = co2.source = self._source(i)
-                room.rtu = ModbusRtuSim([climate, co2]).start()
+                units = [climate, co2]
                 room.rtu_units = {"climate": climate, "co2": co2}
+                if i == 1:  # and an RS-485 lux sensor on this room's bus
+                    lux = SimSensor.of("rs485-lux", unit=2)
+                    lux.source = self._source(i)
+                    units.append(lux)
+                    room.rtu_units["lux"] = lux
+                room.rtu = ModbusRtuSim(units).start()
                 if i == 0 and self.with_projectors:
                     room.serial_projector = EscVp21Sim().start()
             if self.with_readers:
@@ -194,34 +204,27 @@ class SimulatedSite:
         for room in self.rooms:
             devices: list[dict[str, Any]] = [
                 {
-                    "id": "env",
+                    "id": dev,
                     "driver": "modbus",
-                    "model": "generic-iaq",
-                    "host": room.tcp["env"].address,
+                    "model": sim.sensor.model.model,
+                    "host": sim.address,
                     "poll": poll,
                     "timeout": "1s",
-                },
+                }
+                for dev, sim in room.tcp.items()
             ]
             if room.rtu is not None:
                 devices += [
                     {
-                        "id": "climate",
+                        "id": dev,
                         "driver": "modbus",
-                        "model": "xy-md02",
+                        "model": unit.model.model,
                         "port": room.rtu.path,
-                        "unit": 1,
+                        "unit": unit.unit,
                         "poll": poll,
                         "timeout": "500ms",
-                    },
-                    {
-                        "id": "co2",
-                        "driver": "modbus",
-                        "model": "senseair-s8",
-                        "port": room.rtu.path,
-                        "unit": 254,
-                        "poll": poll,
-                        "timeout": "500ms",
-                    },
+                    }
+                    for dev, unit in room.rtu_units.items()
                 ]
             if room.projector is not None:
                 devices.append(
