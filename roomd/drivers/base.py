@@ -77,7 +77,6 @@ class DriverContext:
     """What the daemon lends a driver: shared resources (e.g. one RTU bus per serial port)."""
 
     shared: dict[str, Any] = field(default_factory=dict)
-    on_reading: Callable[[Readings], None] | None = None
 
 
 class Driver(ABC):

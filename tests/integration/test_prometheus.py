@@ -123,7 +123,8 @@ async def test_every_panel_query_returns_data(tmp_path: Path, mosquitto: Mosquit
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                r = await query("roomd_attendees")
+                # Every room has had sign-ins (the tap scripts are random).
+                r = await query("count(roomd_attendees >= 1)")
                 if r["data"]["result"] and float(r["data"]["result"][0]["value"][1]) >= 2:
                     break
             except OSError:
