@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -252,70 +252,63 @@ class ProjectorModel(_Strict):
     warmup: Duration = 60.0
 
 
-@cache
-def load_projector_model(name_or_path: str) -> ProjectorModel:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = _builtin("projectors") / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in _builtin("projectors").glob("*.yaml")))
-        raise ProfileError(f"unknown projector model {name_or_path!r} (known: {known})")
-    try:
-        return ProjectorModel.model_validate(_read_yaml(path))
-    except ValueError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
-
-
 def _builtin(kind: str) -> Path:
     return Path(str(resources.files("roomd").joinpath("profiles", kind)))
 
 
-class ProfileError(Exception):
-    pass
+class ProfileError(ValueError):
+    """A profile or model that is unknown or invalid. A ValueError, so config validators can
+    call the loaders directly and pydantic reports the message against the key."""
 
 
-def _read_yaml(path: Path) -> Any:
+M = TypeVar("M", bound=BaseModel)
+
+
+def builtin_names(kind: str) -> list[str]:
+    return sorted(p.stem for p in _builtin(kind).glob("*.yaml"))
+
+
+def load_yaml_model(kind: str, what: str, cls: type[M], name_or_path: str) -> M:
+    """A shipped file by name (roomd/profiles/<kind>/<name>.yaml) or any YAML file by path,
+    validated as `cls`."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = _builtin(kind) / f"{name_or_path}.yaml"
+    if not path.exists():
+        known = ", ".join(builtin_names(kind))
+        raise ProfileError(f"unknown {what} {name_or_path!r} (known: {known})")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ProfileError(f"cannot read {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from None
+    try:
+        return cls.model_validate(data)
+    except ValueError as exc:
+        raise ProfileError(f"{path}: {exc}") from None
 
 
 @cache
 def load_profile(name_or_path: str) -> Profile:
-    """A built-in profile by name (`standard`) or a YAML file by path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = _builtin(f"{name_or_path}.yaml")
-    if not path.exists():
-        raise ProfileError(
-            f"unknown profile {name_or_path!r} (known: {', '.join(builtin_profiles())})"
-        )
-    try:
-        return Profile.model_validate(_read_yaml(path))
-    except ValueError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
+    """A built-in threshold profile by name (`standard`) or a YAML file by path."""
+    return load_yaml_model("", "profile", Profile, name_or_path)
 
 
 def builtin_profiles() -> list[str]:
-    return sorted(p.stem for p in _builtin("").glob("*.yaml"))
+    return builtin_names("")
 
 
 def builtin_models() -> list[str]:
-    return sorted(p.stem for p in _builtin("models").glob("*.yaml"))
+    return builtin_names("models")
 
 
 @cache
 def load_model(name_or_path: str) -> DeviceModel:
-    """A built-in device model by name (`xy-md02`) or a YAML register map by path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = _builtin("models") / f"{name_or_path}.yaml"
-    if not path.exists():
-        raise ProfileError(f"unknown model {name_or_path!r} (known: {', '.join(builtin_models())})")
-    try:
-        return DeviceModel.model_validate(_read_yaml(path))
-    except ValueError as exc:
-        raise ProfileError(f"{path}: {exc}") from None
+    """A built-in Modbus device model by name (`xy-md02`) or a register map by path."""
+    return load_yaml_model("models", "model", DeviceModel, name_or_path)
+
+
+@cache
+def load_projector_model(name_or_path: str) -> ProjectorModel:
+    return load_yaml_model("projectors", "projector model", ProjectorModel, name_or_path)

@@ -23,7 +23,7 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from ..daemon.profiles import DeviceModel, ProfileError, ReadBlock, load_model, plan_reads
+from ..daemon.profiles import DeviceModel, ReadBlock, load_model, plan_reads
 from ..daemon.units import Duration
 from . import register
 from .base import (
@@ -73,10 +73,7 @@ class ModbusConfig(DeviceConfig):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        try:
-            load_model(value)
-        except ProfileError as exc:
-            raise ValueError(str(exc)) from None
+        load_model(value)  # ProfileError is a ValueError: reported against `model`
         return value
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..daemon.profiles import ProfileError, ProjectorModel, load_projector_model
+from ..daemon.profiles import ProjectorModel, load_projector_model
 from ..daemon.units import Duration
 from . import pjlink_protocol as pj
 from . import register
@@ -76,10 +76,7 @@ class PJLinkConfig(DeviceConfig):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        try:
-            load_projector_model(value)
-        except ProfileError as exc:
-            raise ValueError(str(exc)) from None
+        load_projector_model(value)  # ProfileError is a ValueError: reported against `model`
         return value
 
     @model_validator(mode="after")

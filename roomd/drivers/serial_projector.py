@@ -8,13 +8,11 @@ import contextlib
 import logging
 import re
 from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..daemon.profiles import SerialDefaults, _builtin
+from ..daemon.profiles import SerialDefaults, load_yaml_model
 from ..daemon.units import Duration
 from . import register
 from .base import (
@@ -74,16 +72,9 @@ class SerialProjectorProfile(_Strict):
 
 @cache
 def load_serial_profile(name_or_path: str) -> SerialProjectorProfile:
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = _builtin("serial") / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in _builtin("serial").glob("*.yaml")))
-        raise ValueError(f"unknown serial projector profile {name_or_path!r} (known: {known})")
-    try:
-        return SerialProjectorProfile.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    return load_yaml_model(
+        "serial", "serial projector profile", SerialProjectorProfile, name_or_path
+    )
 
 
 class SerialProjectorConfig(DeviceConfig):
