@@ -288,6 +288,38 @@ def site_command(
     return reply or None
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """The audio probe's analysis on a WAV recording, one line (or JSON object) per window."""
+    from .audio.analysis import Analyzer
+    from .drivers.audio_probe import read_wav
+
+    try:
+        samples, rate = read_wav(args.file, args.channel)
+    except (OSError, ValueError, EOFError) as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer(rate=rate, calibration_db=args.calibration_db, weighting=args.weighting)
+    size = max(1, int(args.window * rate))
+    unit = "dB(A)" if args.weighting == "A" else "dB"
+    for start in range(0, max(len(samples), 1), size):
+        a = analyzer.analyze(samples[start : start + size])
+        if args.format == "json":
+            print(json.dumps({"t": round(start / rate, 3), **a.as_readings(),
+                              "tone_hz": a.tone_hz, "hum_hz": a.hum_hz}))  # fmt: skip
+            continue
+        snr = "-" if a.snr_db is None else f"{a.snr_db:.1f} dB"
+        line = (
+            f"{start / rate:7.2f}s  level {a.level_db:6.1f} {unit}  floor {a.noise_floor_db:6.1f}"
+            f"  SNR {snr}  dropouts {a.dropouts}  clipped {a.clip_events}"
+        )
+        if a.tone_hz:
+            line += f"  tone {a.tone_hz:g} Hz"
+        if a.hum_hz:
+            line += f"  hum {a.hum_hz:g} Hz {a.hum_db:.1f} dB"
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="roomd",
@@ -363,6 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
     _config_arg(e)
     e.set_defaults(func=cmd_signins_export)
+
+    p = sub.add_parser("analyze", help="measure a WAV recording: level, SNR, dropouts, hum")
+    p.add_argument("file", type=Path)
+    p.add_argument("--calibration-db", type=float, default=0.0, help="dB SPL = dBFS + this")
+    p.add_argument("--weighting", choices=["A", "Z"], default="A")
+    p.add_argument("--window", type=float, default=1.0, help="seconds per line (default 1)")
+    p.add_argument("--channel", type=int, default=1)
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
     p.add_argument("alert_id")

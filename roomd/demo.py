@@ -86,9 +86,43 @@ def _fmt_projector(r: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _fmt_mixer(r: dict[str, Any]) -> str:
+    main = "MUTED" if r.get("main_mute") == "on" else "open"
+    parts = [f"main {main} {r.get('main_fader_db', '?')} dB"]
+    level = r.get("main_level_dbfs")
+    if level is not None:
+        parts.append(f"{level:.0f} dBFS")
+    mics = sorted(k[:4] for k in r if k.startswith("ch") and k.endswith("_mute"))
+    for ch in mics:
+        mute = " muted" if r.get(f"{ch}_mute") == "on" else ""
+        lvl = r.get(f"{ch}_level_dbfs")
+        parts.append(f"{ch} {'-' if lvl is None else f'{lvl:.0f}'}{mute}")
+    if r.get("test_tone") == "on":
+        parts.append("TONE")
+    return "  ".join(parts)
+
+
+def _fmt_probe(r: dict[str, Any]) -> str:
+    def num(key: str, unit: str) -> str:
+        v = r.get(key)
+        return "-" if v is None else f"{v:.1f}{unit}"
+
+    parts = [f"sound {num('sound_level_db', ' dB(A)')}", f"SNR {num('snr_db', ' dB')}"]
+    parts.append(f"floor {num('noise_floor_db', ' dB')}")
+    if r.get("hum_db") is not None:
+        parts.append(f"HUM {r['hum_db']:.0f} dB")
+    if r.get("audio_dropouts"):
+        parts.append(f"{r['audio_dropouts']} dropouts")
+    return "  ".join(parts)
+
+
 def _fmt_readings(readings: dict[str, Any]) -> str:
     if "projector_power" in readings:
         return _fmt_projector(readings)
+    if "main_mute" in readings:
+        return _fmt_mixer(readings)
+    if "sound_level_db" in readings:
+        return _fmt_probe(readings)
     parts = []
     for metric, value in readings.items():
         short, unit = SHORT.get(metric, (metric, ""))

@@ -27,6 +27,7 @@ class Rule:
     unit: str
     label: str
     inclusive: bool = False
+    in_use_only: bool = False
 
     def violated(self, value: float | str) -> bool:
         if self.kind == "state":
@@ -85,12 +86,23 @@ def _compile(metric: str, t: Threshold) -> list[Rule]:
                     t.unit,
                     label,
                     t.inclusive,
+                    t.in_use_only,
                 )
             )
     for state, severity in t.states.items():
         out.append(
             Rule(
-                metric, state, "state", state, state, t.hold, t.clear_hold, severity, t.unit, label
+                metric,
+                state,
+                "state",
+                state,
+                state,
+                t.hold,
+                t.clear_hold,
+                severity,
+                t.unit,
+                label,
+                in_use_only=t.in_use_only,
             )
         )
     return out
@@ -135,6 +147,8 @@ class AlertBook:
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
         self._by_device: dict[tuple[str, str], int] = {}
+        # Rooms known to be empty (no meeting now): rules marked in_use_only do not apply.
+        self.idle_rooms: set[str] = set()
         for alert in self.active.values():
             self._count(alert, +1)
 
@@ -169,18 +183,17 @@ class AlertBook:
         out: list[Transition] = []
         now = -1.0  # read the clock only when a hold or clear timer is involved
         active, raising, clearing = self.active, self._raising, self._clearing
+        idle = room in self.idle_rooms
         for metric, value in readings.items():
             metric_rules = rules.get(metric)
             if metric_rules is None:
                 continue
             if value is None:
-                for _rule, alert_id in metric_rules:
-                    raising.pop(alert_id, None)
-                    current = active.get(alert_id)
-                    if current is not None:
-                        clearing.pop(alert_id, None)
-                        out.append(self._clear(current, None, "not applicable now"))
+                out.extend(self._not_applicable(metric_rules))
                 continue
+            if idle and any(rule.in_use_only for rule, _ in metric_rules):
+                out.extend(self._not_applicable([r for r in metric_rules if r[0].in_use_only]))
+                metric_rules = [r for r in metric_rules if not r[0].in_use_only]
             v: float | str = value if isinstance(value, str) else float(value)
             raised: list[Transition] = []  # after this metric's clears: low clears, high raises
             for rule, alert_id in metric_rules:
@@ -212,6 +225,16 @@ class AlertBook:
                     out.append(self._clear(current, v, "back within limits"))
             if raised:
                 out.extend(raised)
+        return out
+
+    def _not_applicable(self, rules: list[tuple[Rule, str]]) -> list[Transition]:
+        out = []
+        for _rule, alert_id in rules:
+            self._raising.pop(alert_id, None)
+            current = self.active.get(alert_id)
+            if current is not None:
+                self._clearing.pop(alert_id, None)
+                out.append(self._clear(current, None, "not applicable now"))
         return out
 
     def _raise(

@@ -42,6 +42,9 @@ class Threshold(_Strict):
     critical_severity: Severity = "II"
     # Text readings that raise an alert, with their grade: {warning: III, error: II}.
     states: dict[str, Severity] = {}
+    # Applies only while the room is in use (a meeting runs): a muted main mix in an empty
+    # room is normal. Rooms without bookings count as always in use.
+    in_use_only: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> Threshold:
@@ -72,6 +75,7 @@ class ThresholdOverride(_Strict):
     critical_min: float | None = None
     critical_severity: Severity | None = None
     states: dict[str, Severity] | None = None
+    in_use_only: bool | None = None
 
 
 def merge_threshold(base: Threshold | None, override: ThresholdOverride) -> Threshold:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..drivers import driver_class
+from ..drivers.audio_probe import AudioProbeDriver
 from ..drivers.base import (
     CommandError,
     DeviceAuthError,
@@ -30,6 +31,7 @@ from ..drivers.base import (
     Readings,
 )
 from ..drivers.nfc import CardReaderDriver
+from ..drivers.x32 import MixerDriver
 from .alerts import AlertBook
 from .attendance import Attendance
 from .clock import Clock, iso
@@ -38,6 +40,7 @@ from .model import Transition
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
 from .sinks.prometheus import HttpServer, Metrics
+from .soundcheck import soundcheck as run_soundcheck
 from .store import Pending, SigninRow, Store
 from .systemd import SdNotifier
 
@@ -223,7 +226,7 @@ class Daemon:
         )
 
     def _set_rules(self, p: Poller) -> None:
-        thresholds = p.room.device_thresholds(p.config)
+        thresholds = p.driver.expand_thresholds(p.room.device_thresholds(p.config))
         self.book.set_rules(p.room.id, p.config.id, thresholds)
         p.deadbands = {m: t.deadband for m, t in thresholds.items() if t.deadband}
 
@@ -604,8 +607,12 @@ class Daemon:
     ) -> None:
         result: dict[str, Any] = {"id": cmd_id}
         try:
-            async with asyncio.timeout(max(10.0, p.config.timeout * 5)):
-                value = await p.driver.command(name, args)
+            if name == "soundcheck" and isinstance(p.driver, MixerDriver | AudioProbeDriver):
+                async with asyncio.timeout(60.0):
+                    value = await self.soundcheck(p.room)
+            else:
+                async with asyncio.timeout(max(10.0, p.config.timeout * 5)):
+                    value = await p.driver.command(name, args)
             result.update(ok=True, result=value)
         except CommandError as exc:
             result.update(ok=False, error=str(exc))
@@ -648,6 +655,32 @@ class Daemon:
             result.update(ok=False, error=f"unknown command {name!r} (known: ack, reload, status)")
         result["ts"] = iso(self.clock.time())
         self.mqtt.publish_now(topic, result)
+
+    async def soundcheck(self, room: Room) -> dict[str, Any]:
+        """The room's sound check (mixer test signal → audio probe); an event either way."""
+        pollers = self.room_pollers.get(room.id, {}).values()
+        mixers = [p for p in pollers if isinstance(p.driver, MixerDriver)]
+        probes = [p for p in pollers if isinstance(p.driver, AudioProbeDriver)]
+        if not probes:
+            raise CommandError(f"room {room.id} has no audio-probe device to measure with")
+        mixer = mixers[0] if mixers else None
+        probe = probes[0]
+        thresholds = probe.driver.expand_thresholds(room.device_thresholds(probe.config))
+        assert isinstance(probe.driver, AudioProbeDriver)
+        outcome = await run_soundcheck(
+            mixer.driver if mixer is not None and isinstance(mixer.driver, MixerDriver) else None,
+            probe.driver,
+            thresholds,
+        )
+        report = outcome.as_dict()
+        report.update(mixer=mixer.config.id if mixer else None, probe=probe.config.id, room=room.id)
+        event = {"type": "soundcheck", **report, "ts": iso(self.clock.time())}
+        self.emit([], [self.mqtt.event(room.id, event)])
+        if outcome.passed:
+            log.info("%s: sound check passed", room.id)
+        else:
+            log.warning("%s: sound check failed: %s", room.id, "; ".join(outcome.reasons))
+        return report
 
     def _publish_discovery(self) -> None:
         """Home Assistant discovery configs for what the config has; removals for the rest."""

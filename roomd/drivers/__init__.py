@@ -28,7 +28,7 @@ def known_drivers() -> list[str]:
 
 def _load_builtin() -> None:
     # Imported lazily so `roomd validate` does not pay for drivers it does not use twice.
-    from . import modbus, nfc, pcsc, pjlink, serial_projector  # noqa: F401
+    from . import audio_probe, modbus, nfc, pcsc, pjlink, serial_projector, x32  # noqa: F401
 
 
 __all__ = ["Driver", "DriverContext", "driver_class", "known_drivers", "register"]

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..daemon.profiles import ThresholdOverride
+from ..daemon.profiles import Threshold, ThresholdOverride
 from ..daemon.units import Duration
 
 ReadingValue = float | int | str | bool | None  # None: not applicable now (clears its alerts)
@@ -94,6 +94,11 @@ class Driver(ABC):
         self.push: Callable[[Readings], None] | None = None
         # Identity (name, manufacturer, serial...) for the device state message; not metrics.
         self.info: dict[str, str] = {}
+
+    def expand_thresholds(self, thresholds: dict[str, Threshold]) -> dict[str, Threshold]:
+        """The rules for this device: a driver with repeated parts (a mixer's channels) copies
+        a profile's template threshold to each part."""
+        return thresholds
 
     def config_warnings(self, thresholds: dict[str, Any]) -> list[str]:
         """Problems worth a warning at start that do not make the config invalid."""

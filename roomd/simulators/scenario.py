@@ -36,6 +36,10 @@ class Scenario:
     def projector_faults(self, room: int, t: float) -> frozenset[str]:
         return frozenset()
 
+    def audio(self, room: int, t: float) -> dict[str, float | bool | None]:
+        """The room's sound: people talk on and off; a scenario adds hum or a muted main."""
+        return {"talking": _occupancy(t + 120 * room) > 0.3 and (t // 20) % 3 != 2}
+
 
 def _base(room: int, metric: str, t: float) -> float | None:
     wave = math.sin(2 * math.pi * t / 600 + room)
@@ -70,7 +74,8 @@ class Demo(Scenario):
     """A 90-second loop that shows every kind of alert going up and coming back down:
     r302's CO2 climbs over 1000 ppm and falls back; r303's lights go off and come back;
     r301's RS-485 climate sensor stops answering for 20 s; r301's projector lamp fails and
-    r302's projector fan warns, each for a while."""
+    r302's projector fan warns, each for a while; r303's mixer main is muted for 25 s and r302
+    picks up mains hum."""
 
     PERIOD = 90.0
 
@@ -100,6 +105,15 @@ class Demo(Scenario):
         if room == 1 and 10 <= s < 40:
             return frozenset({"fan"})
         return frozenset()
+
+    def audio(self, room: int, t: float) -> dict[str, float | bool | None]:
+        s = t % self.PERIOD
+        out = super().audio(room, t)
+        if room == 2:
+            out["main_muted"] = 50 <= s < 75
+        if room == 1:
+            out["hum_db"] = 52.0 if 55 <= s < 85 else None
+        return out
 
 
 SCENARIOS: dict[str, Scenario] = {

@@ -16,6 +16,7 @@ import yaml
 
 from ..daemon.units import parse_duration
 from .escvp21 import EscVp21Sim
+from .mixer import CALIBRATION_DB, MixerSim, RoomAudio, RtpAudioSource
 from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
 from .nfc import ReaderSim, card_uid, tap_script
 from .pjlink import FAULTS as PJ_FAULTS
@@ -36,6 +37,11 @@ class SimRoom:
     serial_projector: EscVp21Sim | None = None  # an RS-232 (ESC/VP21) projector on a pty
     reader: ReaderSim | None = None  # the sign-in reader at the door
     roster: Path | None = None
+    audio: RoomAudio | None = None
+    mixer: MixerSim | None = None
+    audio_source: RtpAudioSource | None = None
+    probe_port: int = 0
+    planned_main_mute: bool = False
 
     def sensor(self, device: str) -> SimSensor:
         if device in self.tcp:
@@ -52,6 +58,7 @@ class SimulatedSite:
         projectors: bool = True,
         readers: bool | None = None,
         tap_period: float = 8.0,
+        audio: bool = True,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
@@ -61,6 +68,7 @@ class SimulatedSite:
         self.with_projectors = projectors
         self.with_readers = rtu if readers is None else readers  # readers live on ptys too
         self.tap_period = tap_period
+        self.with_audio = audio
         self.workdir = Path(tempfile.mkdtemp(prefix="roomd-sim-"))
         self._taps: list[asyncio.Task[None]] = []
         self.rooms: list[SimRoom] = []
@@ -117,11 +125,26 @@ class SimulatedSite:
                         name=f"taps-{room.id}",
                     )
                 )
+            if self.with_audio:
+                await self._start_audio(room)
             self.rooms.append(room)
         if self.with_projectors:
             await self._start_projectors()
         self._task = asyncio.create_task(self._faults(), name="sim-faults")
         return self
+
+    async def _start_audio(self, room: SimRoom) -> None:
+        """A mixer (X32 in most rooms, an X-Air with a test player on channel 16 in r302) and
+        a measurement microphone streaming RTP L24 to the probe's port."""
+        room.audio = RoomAudio()
+        if room.index % 3 == 1:
+            room.mixer = MixerSim("xair", name=f"{room.id}-xr18", room=room.audio, tone_channel=16)
+        else:
+            room.mixer = MixerSim("x32", name=f"{room.id}-x32", room=room.audio)
+        await room.mixer.start()
+        room.probe_port = _free_port(udp=True)
+        room.audio_source = RtpAudioSource(room.audio, ("127.0.0.1", room.probe_port))
+        await room.audio_source.start()
 
     async def _start_projectors(self) -> None:
         # Every projector on the same port at its own loopback address (127.0.1.N), as on a
@@ -169,7 +192,21 @@ class SimulatedSite:
                         faults.difference_update(room.planned_projector_faults - wanted)
                         faults.update(wanted)
                         room.planned_projector_faults = wanted
+                if room.audio is not None and room.mixer is not None:
+                    self._apply_audio(room, t)
             await asyncio.sleep(0.5)
+
+    def _apply_audio(self, room: SimRoom, t: float) -> None:
+        assert room.audio is not None and room.mixer is not None
+        plan = self.scenario.audio(room.index, t)
+        room.audio.talking = bool(plan.get("talking", False))
+        if "hum_db" in plan:
+            hum = plan["hum_db"]
+            room.audio.hum_db = None if hum is None else float(hum)
+        muted = bool(plan.get("main_muted", False))
+        if muted != room.planned_main_mute:
+            room.mixer.mute_main(muted)
+            room.planned_main_mute = muted
 
     async def stop(self) -> None:
         for tap in self._taps:
@@ -189,6 +226,10 @@ class SimulatedSite:
                 room.serial_projector.stop()
             if room.reader is not None:
                 room.reader.unplug()
+            if room.audio_source is not None:
+                await room.audio_source.stop()
+            if room.mixer is not None:
+                await room.mixer.stop()
         if self.search is not None:
             self.search.close()
 
@@ -249,6 +290,27 @@ class SimulatedSite:
                         "timeout": "1s",
                     }
                 )
+            if room.mixer is not None:
+                mixer: dict[str, Any] = {
+                    "id": "mixer",
+                    "driver": room.mixer.kind,
+                    "host": f"127.0.0.1:{room.mixer.port}",
+                    "channels": [1, 2],
+                    "poll": "1s",
+                }
+                if room.mixer.tone_channel is not None:
+                    mixer["test_channel"] = room.mixer.tone_channel
+                devices.append(mixer)
+                devices.append(
+                    {
+                        "id": "mic",
+                        "driver": "audio-probe",
+                        "listen": f"127.0.0.1:{room.probe_port}",
+                        "encoding": "L24",
+                        "calibration_db": CALIBRATION_DB,
+                        "poll": "1s",
+                    }
+                )
             entry: dict[str, Any] = {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40}
             if room.reader is not None:
                 devices.append(
@@ -277,19 +339,25 @@ class SimulatedSite:
         path.write_text(text, encoding="utf-8")
 
 
-def _free_port() -> int:
+def _free_port(udp: bool = False) -> int:
     import socket
 
-    with socket.socket() as s:
+    with socket.socket(type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+MIXER_FAULTS = "none|silent|garbage|drop_subscriptions|mute_main|unmute_main"
 
 
 class SimControl:
     """A line-based control port for a running simulator (try: `nc 127.0.0.1 PORT`).
 
     Commands: `list`; `fault ROOM DEVICE none|silent|exception|corrupt|slow|disconnect`;
-    `set ROOM DEVICE METRIC VALUE`; `unset ROOM DEVICE METRIC`. Replies `ok ...` or `error: ...`.
+    `set ROOM DEVICE METRIC VALUE`; `unset ROOM DEVICE METRIC`; projectors, readers, `mixer`
+    (`fault ROOM mixer silent|garbage|drop_subscriptions|mute_main|...`) and the room's sound
+    (`set ROOM audio noise_db|hum_db|dropouts_per_s N`, `fault ROOM audio stop|none`).
+    Replies `ok ...` or `error: ...`.
     This is the simulator's own management interface, not a device protocol.
     """
 
@@ -345,6 +413,10 @@ class SimControl:
             return self._projector(room, cmd, args[2:])
         if args[1] == "reader" and room.reader is not None:
             return self._reader(room, cmd, args[2:])
+        if args[1] == "mixer" and room.mixer is not None:
+            return self._mixer(room, cmd, args[2:])
+        if args[1] in ("audio", "mic") and room.audio is not None:
+            return self._audio(room, cmd, args[2:])
         try:
             sensor = room.sensor(args[1])
         except KeyError:
@@ -391,6 +463,48 @@ class SimControl:
             st.set_power(args[1] == "on")
             return f"ok {room.id}/projector power {st.power}"
         return "error: projector: fault NAME | set lamp_hours|filter_hours N | set power on|off"
+
+    def _mixer(self, room: SimRoom, cmd: str, args: list[str]) -> str:
+        mixer = room.mixer
+        assert mixer is not None
+        if cmd == "fault" and len(args) == 1:
+            fault = args[0]
+            if fault in ("none", "silent", "garbage"):
+                mixer.silent = fault == "silent"
+                mixer.garbage = fault == "garbage"
+            elif fault == "drop_subscriptions":
+                mixer.drop_subscriptions()
+            elif fault in ("mute_main", "unmute_main"):
+                mixer.mute_main(fault == "mute_main")
+            else:
+                return f"error: mixer faults: {MIXER_FAULTS}"
+            return f"ok {room.id}/mixer {fault}"
+        return f"error: mixer: fault {MIXER_FAULTS}"
+
+    def _audio(self, room: SimRoom, cmd: str, args: list[str]) -> str:
+        audio, source = room.audio, room.audio_source
+        assert audio is not None and source is not None
+        if cmd == "fault" and args in (["stop"], ["none"]):
+            source.paused = args[0] == "stop"
+            return f"ok {room.id}/audio stream {'stopped' if source.paused else 'running'}"
+        numeric = ("noise_db", "hum_db", "dropouts_per_s")
+        flags = ("talking", "clipping")
+        if cmd == "set" and len(args) == 2 and args[0] in (*numeric, *flags):
+            key, raw = args
+            if key in flags:
+                setattr(audio, key, raw.lower() in ("1", "true", "on", "yes"))
+            elif key == "hum_db" and raw.lower() in ("none", "off"):
+                audio.hum_db = None
+            else:
+                try:
+                    setattr(audio, key, float(raw))
+                except ValueError:
+                    return f"error: not a number: {raw!r}"
+            return f"ok {room.id}/audio {key}={raw}"
+        return (
+            "error: audio: set noise_db|hum_db|dropouts_per_s N | set talking|clipping on|off"
+            " | fault stop|none"
+        )
 
     def _reader(self, room: SimRoom, cmd: str, args: list[str]) -> str:
         reader = room.reader
