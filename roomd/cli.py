@@ -146,8 +146,8 @@ async def _simulate(args: argparse.Namespace) -> None:
             flush=True,
         )
     print(
-        f"control: nc {control.host} {control.port}  "
-        "(list | fault ROOM DEVICE silent | set ROOM DEVICE METRIC VALUE)",
+        f"control: roomd simctl {control.host}:{control.port} list  "
+        "(or nc; fault ROOM DEVICE FAULT | set ROOM DEVICE METRIC VALUE)",
         flush=True,
     )
     await stop.wait()
@@ -235,6 +235,125 @@ def cmd_ack(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_simctl(args: argparse.Namespace) -> int:
+    """One line to a running simulator's control port; prints the reply."""
+    import socket
+
+    host, _, port = args.address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5) as s:
+            s.sendall((" ".join(args.words) + "\n").encode())
+            reply = s.makefile().readline().strip()
+    except (OSError, ValueError) as exc:
+        print(f"roomd simctl: {args.address}: {exc}", file=sys.stderr)
+        return 2
+    print(reply)
+    return 0 if reply.startswith("ok") else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """A pre-meeting check of one room, run by the daemon against its live devices."""
+    from .daemon.checks import render_html, render_text
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    if args.room not in {r.id for r in cfg.rooms}:
+        known = ", ".join(r.id for r in cfg.rooms)
+        print(f"roomd check: no room {args.room!r} in {cfg.path} (rooms: {known})", file=sys.stderr)
+        return 2
+    cmd_args: dict[str, Any] = {"room": args.room}
+    if args.level is not None:
+        cmd_args["level"] = args.level
+    reply = site_command(cfg, "check", cmd_args, timeout=args.timeout)
+    if reply is None:
+        print(
+            "roomd check: no answer from the daemon (is `roomd run` connected to the broker?)",
+            file=sys.stderr,
+        )
+        return 2
+    if not reply.get("ok"):
+        print(f"roomd check: {reply.get('error')}", file=sys.stderr)
+        return 2
+    report = reply["result"]
+    if args.format == "json":
+        text = json.dumps(report, indent=2) + "\n"
+    elif args.format == "html":
+        text = render_html(report)
+    else:
+        text = render_text(report)
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(
+            f"{args.room}: {'ready' if report['passed'] else 'NOT READY'}; report in {args.output}"
+        )
+    else:
+        sys.stdout.write(text)
+    return 0 if report["passed"] else 1
+
+
+def cmd_report_usage(args: argparse.Namespace) -> int:
+    import csv
+    from datetime import UTC, datetime
+
+    from .daemon.clock import iso
+    from .daemon.store import Store
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    since = 0.0
+    if args.since:
+        try:
+            day = datetime.fromisoformat(args.since)
+        except ValueError:
+            print(f"--since: expected a date like 2026-11-01, got {args.since!r}", file=sys.stderr)
+            return 2
+        since = (day if day.tzinfo else day.replace(tzinfo=UTC)).timestamp()
+    store = Store(cfg.state_dir)
+    try:
+        rows = store.usage(since)
+    finally:
+        store.close()
+    header = [
+        "meeting",
+        "room",
+        "device",
+        "driver",
+        "start",
+        "end",
+        "online_min",
+        "in_use_min",
+        "alerts",
+        "anomalies",
+    ]
+    table = [
+        [
+            r.meeting,
+            r.room,
+            r.device,
+            r.driver,
+            iso(r.start)[:16] + "Z",
+            iso(r.end)[:16] + "Z",
+            f"{r.online_s / 60:.1f}",
+            f"{r.in_use_s / 60:.1f}",
+            str(r.alerts),
+            " | ".join(r.anomalies),
+        ]
+        for r in rows
+    ]
+    if args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(header)
+        w.writerows(table)
+    else:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in table:
+            print("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    return 0
+
+
 def site_command(
     cfg: SiteConfig, command: str, cmd_args: dict[str, Any], timeout: float
 ) -> dict[str, Any] | None:
@@ -304,8 +423,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for start in range(0, max(len(samples), 1), size):
         a = analyzer.analyze(samples[start : start + size])
         if args.format == "json":
-            print(json.dumps({"t": round(start / rate, 3), **a.as_readings(),
-                              "tone_hz": a.tone_hz, "hum_hz": a.hum_hz}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "t": round(start / rate, 3),
+                        **a.as_readings(),
+                        "tone_hz": a.tone_hz,
+                        "hum_hz": a.hum_hz,
+                    }
+                )
+            )
             continue
         snr = "-" if a.snr_db is None else f"{a.snr_db:.1f} dB"
         line = (
@@ -395,6 +522,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
     _config_arg(e)
     e.set_defaults(func=cmd_signins_export)
+
+    p = sub.add_parser("simctl", help="send a command to a running simulator's control port")
+    p.add_argument("address", metavar="HOST:PORT")
+    p.add_argument("words", nargs="+", metavar="WORD", help="e.g. fault r301 mixer mute_main")
+    p.set_defaults(func=cmd_simctl)
+
+    p = sub.add_parser("check", help="run a pre-meeting check of one room now (exit 0 ready)")
+    p.add_argument("room")
+    p.add_argument(
+        "--level",
+        type=int,
+        choices=[0, 1, 2, 3],
+        default=None,
+        help="0 inspection, 1 (T-2 h), 2 (T-1 h), 3 (T-30 min); default: the level the "
+        "room's next meeting has reached, else 1",
+    )
+    p.add_argument("--format", choices=["text", "json", "html"], default="text")
+    p.add_argument("-o", "--output", type=Path, help="write the report to a file")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
+    _config_arg(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("report", help="reports from the local store")
+    reports = p.add_subparsers(dest="report_command", required=True, metavar="REPORT")
+    u = reports.add_parser("usage", help="device usage per meeting (STANDARD §4)")
+    u.add_argument("--since", help="a date, e.g. 2026-11-01")
+    u.add_argument("--format", choices=["csv", "md"], default="md")
+    _config_arg(u)
+    u.set_defaults(func=cmd_report_usage)
 
     p = sub.add_parser("analyze", help="measure a WAV recording: level, SNR, dropouts, hum")
     p.add_argument("file", type=Path)

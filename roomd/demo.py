@@ -21,7 +21,7 @@ from rich.text import Text
 
 from .daemon.config import load_config
 from .daemon.supervisor import Daemon
-from .simulators.site import SimulatedSite
+from .simulators.site import SimControl, SimulatedSite
 
 log = logging.getLogger("roomd.demo")
 
@@ -183,6 +183,7 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
         broker_note = f"an embedded broker at 127.0.0.1:{mqtt_port}"
     http_port = _free_port(9880)
     site = await SimulatedSite(rooms, "demo", tap_period=4.0).start()
+    control = await SimControl(site).start()
     cfg_path = workdir / "roomd.yaml"
     site.write_config(
         cfg_path,
@@ -215,9 +216,13 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
         f"Broker: {broker_note}\n"
         f"Subscribe: [bold]mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'roomd/#' -v[/bold]\n"
         f"Metrics:   [bold]http://127.0.0.1:{http_port}/metrics[/bold]   config: {cfg_path}\n"
-        "Scenario: r302 CO2 rises past 1000 ppm, r303's lights go off, r301's RS-485 climate "
-        "sensor stops answering, r301's projector lamp fails and r302's projector fan warns; "
-        "each recovers. Ctrl-C to stop."
+        f"Check:     [bold]roomd check r301 -c {cfg_path}[/bold]\n"
+        f"Faults:    [bold]roomd simctl 127.0.0.1:{control.port} fault r301 mixer mute_main[/bold]"
+        " (then `none`)\n"
+        "Scenario: r302 CO2 rises past 1000 ppm, r303's lights go off, r303's RS-485 climate "
+        "sensor stops answering, r303's projector lamp fails and r302's projector fan warns, "
+        "r303's main mix is muted and r302 picks up mains hum; each recovers. r301 stays ready. "
+        "Ctrl-C to stop."
     )
 
     def view() -> Group:
@@ -247,6 +252,7 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
         daemon.stop()
         with contextlib.suppress(Exception):
             await task
+        await control.stop()
         await site.stop()
         if broker is not None:
             with contextlib.suppress(Exception):

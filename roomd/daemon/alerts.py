@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .clock import Clock, iso
 from .model import Alert, Transition
@@ -134,6 +135,9 @@ class _Pending:
     since: float  # monotonic time the condition started
 
 
+_MORE_SEVERE: dict[Severity, Severity] = {"IV": "III", "III": "II", "II": "I", "I": "I"}
+
+
 class AlertBook:
     """Every alert of the site. `observe` is called with each poll's readings and returns the
     transitions it caused; the caller persists and publishes them (in one transaction)."""
@@ -149,6 +153,10 @@ class AlertBook:
         self._by_device: dict[tuple[str, str], int] = {}
         # Rooms known to be empty (no meeting now): rules marked in_use_only do not apply.
         self.idle_rooms: set[str] = set()
+        # Rooms with a meeting running: a device fault raised there is one grade more severe
+        # (STANDARD §3: a lamp error during a meeting is grade I). Room-level readings are not.
+        self.meeting_rooms: set[str] = set()
+        self.room_device = "_room"
         for alert in self.active.values():
             self._count(alert, +1)
 
@@ -244,6 +252,13 @@ class AlertBook:
         message = _message(rule, value)
         if rule.metric == "online":
             message = f"{device} offline" + (f": {detail}" if detail else "")
+        elif detail:
+            message = f"{rule.label}: {detail}"
+        severity = rule.severity
+        extra: dict[str, Any] = {}
+        if room in self.meeting_rooms and device != self.room_device and severity != "I":
+            severity = _MORE_SEVERE[severity]
+            extra["graded_up_for_meeting"] = rule.severity
         alert = Alert(
             id=alert_id,
             room=room,
@@ -253,11 +268,12 @@ class AlertBook:
             limit=rule.limit,
             value=value,
             unit=rule.unit,
-            severity=rule.severity,
+            severity=severity,
             state="active",
             since=ts,
             ts=ts,
             message=message,
+            extra=extra,
         )
         self.active[alert_id] = alert
         self._count(alert, +1)

@@ -117,6 +117,35 @@ class EscalationConfig(_Strict):
     grades: list[Literal["I", "II", "III", "IV"]] = ["I", "II"]
 
 
+class MeetingsConfig(_Strict):
+    """STANDARD §2–§4 around each booking: the three-level check, pre-warm, no-show, shutdown."""
+
+    # Level 1, 2, 3 at these times before the start (T−2 h, T−1 h, T−30 min).
+    check_levels: list[Duration] = Field(
+        default=[7200.0, 3600.0, 1800.0], min_length=3, max_length=3
+    )
+    # Large and important meetings: a full inspection this long before, then the room is sealed.
+    inspection: Duration = 86400.0
+    prewarm: Duration | None = None  # power projectors on this long before the start
+    keep_on_within: Duration = 1800.0  # a check this close to the start leaves projectors on
+    expect_source: bool = False  # the projector check needs a ≥ 1920×1080 signal
+    no_show_after: Duration = 600.0
+    shutdown_grace: Duration = 600.0  # after the end, before switching off
+    shutdown_gap: Duration = 1800.0  # no shutdown when the next meeting starts within this
+    calendar_refresh: Duration = 300.0
+    horizon: Duration = 2 * 86400.0  # how far ahead calendars are expanded
+    failover: bool = True
+
+    @field_validator("check_levels")
+    @classmethod
+    def _descending(cls, value: list[float]) -> list[float]:
+        if not value[0] > value[1] > value[2] > 0:
+            raise ValueError(
+                "levels 1, 2, 3 must come ever closer to the start, e.g. [2h, 1h, 30m]"
+            )
+        return value
+
+
 class HomeAssistantConfig(_Strict):
     enabled: bool = False
     prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
@@ -144,6 +173,7 @@ class _SiteModel(_Strict):
     signins: SigninsConfig = Field(default_factory=SigninsConfig)
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
+    meetings: MeetingsConfig = Field(default_factory=MeetingsConfig)
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -178,6 +208,7 @@ class SiteConfig:
     signins: SigninsConfig
     homeassistant: HomeAssistantConfig
     escalation: EscalationConfig
+    meetings: MeetingsConfig
     rooms: tuple[Room, ...]
 
     def room(self, room_id: str) -> Room | None:
@@ -340,6 +371,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
             continue
         devices: list[DeviceConfig] = []
         seen_devices: dict[str, int] = {}
+        placed: list[tuple[int, DeviceConfig]] = []  # with the index in the file
         for di, raw in enumerate(room.devices):
             dloc: Loc = (*rloc, "devices", di)
             device = _device(c, raw, dloc)
@@ -356,6 +388,16 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
                 c.add((*dloc, "id"), f"{ROOM_DEVICE!r} is reserved for room-level readings")
             _check_overrides(c, device.thresholds, thresholds, (*dloc, "thresholds"))
             devices.append(device)
+            placed.append((di, device))
+        ids = {d.id for d in devices}
+        for di, device in placed:
+            if device.backup is not None and (
+                device.backup == device.id or device.backup not in ids
+            ):
+                c.add(
+                    (*rloc, "devices", di, "backup"),
+                    f"no other device {device.backup!r} in room {room.id!r} to fail over to",
+                )
         if room.roster is not None and (problem := check_roster(room.roster)):
             c.add((*rloc, "roster"), problem)
         rooms.append(Room(config=room, devices=tuple(devices), thresholds=thresholds))
@@ -372,6 +414,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         signins=site.signins,
         homeassistant=site.homeassistant,
         escalation=site.escalation,
+        meetings=site.meetings,
         rooms=tuple(rooms),
     )
 

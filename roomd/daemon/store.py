@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .model import Alert, Transition
 
@@ -38,6 +39,22 @@ class SigninRow:
     latency: float
 
 
+@dataclass(slots=True)
+class UsageRow:
+    """One device's use during one meeting (STANDARD §4: every use is recorded)."""
+
+    meeting: str
+    room: str
+    device: str
+    driver: str
+    start: float
+    end: float
+    online_s: float = 0.0  # answered its polls
+    in_use_s: float = 0.0  # projector on, mixer main open, reader reading...
+    alerts: int = 0
+    anomalies: list[str] = field(default_factory=list)
+
+
 class Store:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -61,6 +78,17 @@ class Store:
                 reader TEXT NOT NULL, card TEXT NOT NULL, attendee TEXT,
                 ts REAL NOT NULL, latency REAL NOT NULL, UNIQUE (meeting, card));
             CREATE INDEX IF NOT EXISTS signins_ts ON signins (ts);
+            -- Pre-meeting check reports (STANDARD §2) and device usage records (§4).
+            CREATE TABLE IF NOT EXISTS checks (
+                id INTEGER PRIMARY KEY, room TEXT NOT NULL, meeting TEXT, level INTEGER NOT NULL,
+                ts REAL NOT NULL, passed INTEGER NOT NULL, report TEXT NOT NULL);
+            CREATE INDEX IF NOT EXISTS checks_room ON checks (room, ts);
+            CREATE TABLE IF NOT EXISTS usage (
+                id INTEGER PRIMARY KEY, meeting TEXT NOT NULL, room TEXT NOT NULL,
+                device TEXT NOT NULL, driver TEXT NOT NULL, start REAL NOT NULL, end REAL NOT NULL,
+                online_s REAL NOT NULL, in_use_s REAL NOT NULL, alerts INTEGER NOT NULL,
+                anomalies TEXT NOT NULL, UNIQUE (meeting, device));
+            CREATE INDEX IF NOT EXISTS usage_start ON usage (start);
             """
         )
         self._depth = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -123,6 +151,68 @@ class Store:
         """Delete records older than `before` (epoch seconds): the retention rule."""
         cur = self.db.execute("DELETE FROM signins WHERE ts < ?", (before,))
         return cur.rowcount
+
+    def record_check(self, report: dict[str, Any], messages: Iterable[Pending] = ()) -> None:
+        msgs = list(messages)
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.execute(
+                "INSERT INTO checks (room, meeting, level, ts, passed, report)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    report["room"],
+                    (report.get("meeting") or {}).get("id"),
+                    report["level"],
+                    report["at"],
+                    int(report["passed"]),
+                    json.dumps(report),
+                ),
+            )
+            self.db.executemany(
+                "INSERT INTO outbox (topic, payload, retain, qos) VALUES (?, ?, ?, ?)",
+                [(topic, payload, int(retain), qos) for topic, payload, retain, qos in msgs],
+            )
+        self._depth += len(msgs)
+
+    def checks(self, room: str, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT report FROM checks WHERE room = ? AND ts >= ? ORDER BY ts, id", (room, since)
+        ).fetchall()
+        return [json.loads(r) for (r,) in rows]
+
+    def record_usage(self, rows: Iterable[UsageRow]) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO usage (meeting, room, device, driver, start, end,"
+                " online_s, in_use_s, alerts, anomalies) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        r.meeting,
+                        r.room,
+                        r.device,
+                        r.driver,
+                        r.start,
+                        r.end,
+                        r.online_s,
+                        r.in_use_s,
+                        r.alerts,
+                        json.dumps(r.anomalies),
+                    )
+                    for r in rows
+                ],
+            )
+
+    def usage(self, since: float = 0.0) -> list[UsageRow]:
+        rows = self.db.execute(
+            "SELECT meeting, room, device, driver, start, end, online_s, in_use_s, alerts,"
+            " anomalies FROM usage WHERE start >= ? ORDER BY start, room, device",
+            (since,),
+        ).fetchall()
+        return [
+            UsageRow(m, room, dev, drv, start, end, online, in_use, alerts, json.loads(anomalies))
+            for m, room, dev, drv, start, end, online, in_use, alerts, anomalies in rows
+        ]
 
     def outbox_after(self, seq: int, limit: int = 200) -> list[OutboxMessage]:
         rows = self.db.execute(

@@ -34,11 +34,14 @@ from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
 from .alerts import AlertBook
 from .attendance import Attendance
+from .checks import RoomChecker
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
+from .meetings import MeetingPlanner
 from .model import Transition
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
+from .sinks.mqtt import dumps as _dumps
 from .sinks.prometheus import HttpServer, Metrics
 from .soundcheck import soundcheck as run_soundcheck
 from .store import Pending, SigninRow, Store
@@ -105,6 +108,10 @@ class Daemon:
             Attendance.load_secret(config.signins.secret_file, config.state_dir)
         )
         self._load_rosters(config)
+        self.sealed_rooms: set[str] = set()
+        self.checker = RoomChecker(self)
+        self.meetings = MeetingPlanner(self)
+        self.mqtt.on_bookings = self.meetings.on_bookings_message
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -132,6 +139,7 @@ class Daemon:
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
                 tg.create_task(self._housekeeping_loop(), name="housekeeping")
                 self._apply(cfg, first=True)
+                tg.create_task(self.meetings.run(), name="meetings")
                 self._publish_discovery()
                 self.ready.set()
                 self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -173,6 +181,7 @@ class Daemon:
         self._apply(new, first=False)
         self.config = new
         self._load_rosters(new)
+        self.meetings.configure(new)
         self._publish_discovery()
         log.info("config reloaded from %s", new.path)
         self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -184,6 +193,8 @@ class Daemon:
         wanted: dict[tuple[str, str], tuple[Room, DeviceConfig]] = {
             (room.id, dev.id): (room, dev) for room in cfg.rooms for dev in room.devices
         }
+        for room in cfg.rooms:  # room-level readings: attendance, bookings, check results
+            self.book.set_rules(room.id, ROOM_DEVICE, room.thresholds)
         # Devices that left the config: stop them and clear their alerts with a reason.
         for key in [k for k in self.pollers if k not in wanted]:
             self.room_pollers.get(key[0], {}).pop(key[1], None)
@@ -214,7 +225,6 @@ class Daemon:
         poller.driver.push = lambda partial: self._pushed(poller, partial)
         if isinstance(poller.driver, CardReaderDriver):
             poller.driver.on_card = lambda uid, at: self._on_card(poller, uid, at)
-            self.book.set_rules(room.id, ROOM_DEVICE, room.thresholds)
         self._set_rules(poller)
         for warning in poller.driver.config_warnings(room.device_thresholds(dev)):
             log.warning("%s/%s: config: %s", room.id, dev.id, warning)
@@ -433,6 +443,7 @@ class Daemon:
             self.metrics.set_alert_counts(by_sev, {r: self.book.room_count(r) for r in rooms})
             for room in rooms:
                 self._publish_room(room)
+            self.meetings.on_transitions(transitions)
 
     # ---- sign-in -----------------------------------------------------------------------------
 
@@ -443,13 +454,20 @@ class Daemon:
                 log.info("%s: roster of %d cards from %s", room.id, n, room.config.roster)
 
     def current_meeting(self, room_id: str) -> str:
-        """The meeting a sign-in belongs to. Until bookings exist: one per room and UTC day."""
-        return f"{room_id}-{time.strftime('%Y%m%d', time.gmtime(self.clock.time()))}"
+        """The meeting a sign-in belongs to: the booking running (or starting within 30 min);
+        without one, one per room and UTC day."""
+        now = self.clock.time()
+        booking = self.meetings.meeting_for_signin(room_id, now)
+        if booking is not None:
+            return booking.id
+        return f"{room_id}-{time.strftime('%Y%m%d', time.gmtime(now))}"
 
     def _on_card(self, p: Poller, uid: str, read_at: float) -> None:
         """A card read: durable record + event (one transaction), then counts, rules, ack.
         `read_at` is perf_counter() when the frame's last byte arrived: latency starts there."""
         room = p.room
+        if room.id in self.sealed_rooms:
+            self._seal_breach(p)
         meeting = self.current_meeting(room.id)
         att = self.attendance
         att.enter(room.id, meeting)
@@ -503,6 +521,75 @@ class Daemon:
         self.metrics.update(room.id, ROOM_DEVICE, readings)
         self._attendees[room.id] = n
         self._publish_room(room.id)
+
+    def _seal_breach(self, p: Poller) -> None:
+        """STANDARD §2: a large meeting's room is sealed after its inspection; any sign-in
+        before the start is reported."""
+        sealed = self.meetings.sealed(p.room.id, self.clock.time())
+        if sealed is None:
+            return
+        detail = f"card read at {p.config.id} before {sealed.title or sealed.id} starts"
+        self.room_reading(p.room.id, {"room_sealed": "breached"}, detail)
+        self.room_event(
+            p.room.id, {"type": "seal_breach", "meeting": sealed.id, "reader": p.config.id}
+        )
+
+    def room_reading(self, room_id: str, readings: Readings, detail: str = "") -> None:
+        """A reading about the room itself (device `_room`): rules, metrics."""
+        transitions = self.book.observe(room_id, ROOM_DEVICE, readings, detail=detail)
+        if transitions:
+            self.emit(transitions)
+        self.metrics.update(room_id, ROOM_DEVICE, readings)
+
+    def room_event(self, room_id: str, event: dict[str, Any]) -> None:
+        self.emit([], [self.mqtt.event(room_id, event)])
+
+    def note_alert(self, alert_id: str, extra: dict[str, Any]) -> None:
+        """Add facts to an active alert (e.g. the failover it caused) and re-announce it."""
+        alert = self.book.active.get(alert_id)
+        if alert is None:
+            return
+        alert.extra.update(extra)
+        alert.ts = iso(self.clock.time())
+        self.emit([Transition("updated", alert)])
+
+    def publish_check(self, room: Room, report: dict[str, Any]) -> None:
+        """A check report: stored with its messages (retained checks/latest, events), the
+        metric, and the "room not ready" alert (II at levels 0–2, I at level 3)."""
+        base = f"{self.mqtt.base}/{room.id}"
+        latest = (f"{base}/checks/latest", _dumps(report), True, 1)
+        event = self.mqtt.event(room.id, {"type": "check", **report})
+        self.store.record_check(report, [latest, event])
+        self.mqtt.kick()
+        level = str(report["level"])
+        self.metrics.check_passed.labels(self.config.site, room.id, level).set(
+            1 if report["passed"] else 0
+        )
+        if report["passed"]:
+            self.room_reading(room.id, {"room_ready": "ready"})
+        else:
+            value = "not_ready_final" if report["level"] >= 3 else "not_ready"
+            failed = ", ".join(report["failed"][:6])
+            more = f" and {len(report['failed']) - 6} more" if len(report["failed"]) > 6 else ""
+            detail = f"{report['level_name']} check failed: {failed}{more}"
+            self.room_reading(room.id, {"room_ready": value}, detail)
+        log.log(
+            logging.INFO if report["passed"] else logging.WARNING,
+            "%s: %s check %s%s",
+            room.id,
+            report["level_name"],
+            "passed" if report["passed"] else "FAILED: ",
+            "" if report["passed"] else "; ".join(report["failed"]),
+        )
+
+    async def check_room(self, room_id: str, level: int | None) -> dict[str, Any]:
+        """An on-demand check (`roomd check`), published like a scheduled one."""
+        room = next((r for r in self.config.rooms if r.id == room_id), None)
+        if room is None:
+            raise CommandError(f"no room {room_id!r}")
+        now = self.clock.time()
+        due, booking = self.meetings.level_due(room_id, now)
+        return await self.meetings.check(room, level if level is not None else due, booking)
 
     def purge_signins(self) -> int:
         cutoff = self.clock.time() - self.config.signins.retention
@@ -651,8 +738,20 @@ class Daemon:
             )
         elif name == "status":
             result.update(ok=True, result=self.health())
+        elif name == "check":
+            level = args.get("level")
+            if level is not None and level not in (0, 1, 2, 3):
+                result.update(ok=False, error="args.level: 0 (inspection), 1, 2 or 3")
+            else:
+                try:
+                    report = await self.check_room(str(args.get("room")), level)
+                    result.update(ok=True, result=report)
+                except CommandError as exc:
+                    result.update(ok=False, error=str(exc))
         else:
-            result.update(ok=False, error=f"unknown command {name!r} (known: ack, reload, status)")
+            result.update(
+                ok=False, error=f"unknown command {name!r} (known: ack, reload, status, check)"
+            )
         result["ts"] = iso(self.clock.time())
         self.mqtt.publish_now(topic, result)
 

@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..daemon.checktypes import CheckContext, CheckItem
 from ..daemon.profiles import Threshold, ThresholdOverride
 from ..daemon.units import Duration
 
@@ -31,6 +32,8 @@ class DeviceConfig(BaseModel):
     timeout: Duration = 2.0
     thresholds: dict[str, ThresholdOverride] = {}
     last_inspected: date | None = None  # STANDARD §4: every device inspected once a quarter
+    # STANDARD §3: on a fault during a meeting, switch to this device of the same room at once.
+    backup: str | None = Field(None, pattern=_ID)
 
 
 def split_host(value: str, default_port: int) -> tuple[str, int]:
@@ -126,3 +129,23 @@ class Driver(ABC):
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         raise CommandError(f"unknown command {name!r} for a {self.kind} device")
+
+    # ---- meeting hooks: a driver adds what its kind of device needs; defaults do nothing ----
+
+    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
+        """Extra pre-meeting check items (the daemon already checks that the device answers,
+        has no grade I–III alert, and that its readings are within the profile)."""
+        return []
+
+    async def shutdown(self) -> str | None:
+        """Switch off after the meeting (STANDARD §2). What was done, or None: nothing to do.
+        Raise DeviceError/CommandError when it failed."""
+        return None
+
+    async def take_over(self, primary: Readings) -> str | None:
+        """Become the working device in place of a failed primary (STANDARD §3)."""
+        return None
+
+    async def prewarm(self) -> str | None:
+        """Get ready before the meeting (projectors: power on)."""
+        return None

@@ -41,6 +41,8 @@ from .base import (
 )
 from .serial_port import open_serial
 
+UNOCCUPIED = "unoccupied_setpoint_c"  # the write a device model names for an empty room
+
 log = logging.getLogger("roomd.modbus")
 
 EXCEPTION_NAMES = {
@@ -416,6 +418,14 @@ class ModbusDriver(Driver):
             raw += 1 << 16
         await self._request(WriteSingleRegisterRequest(address=spec.address, registers=[raw]))
         return raw
+
+    async def shutdown(self) -> str | None:
+        """After the meeting: the model's unoccupied setpoint, where it defines one."""
+        spec = self.model.writes.get(UNOCCUPIED)
+        if spec is None:
+            return None
+        await self.write(UNOCCUPIED)
+        return f"climate set to its unoccupied setpoint ({spec.value:g})"
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "write":

@@ -18,10 +18,11 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from ..daemon.checktypes import CheckContext, CheckItem
 from ..daemon.profiles import ProjectorModel, load_projector_model
 from ..daemon.units import Duration
 from . import pjlink_protocol as pj
-from . import register
+from . import projector_hooks, register
 from .base import (
     CommandError,
     DeviceAuthError,
@@ -449,6 +450,20 @@ class PJLinkDriver(Driver):
         self._identified = True
 
     # ---- commands ----------------------------------------------------------------------------
+
+    # ---- meeting hooks (shared by every projector driver) ------------------------------------
+
+    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
+        return await projector_hooks.power_test(self, ctx)
+
+    async def shutdown(self) -> str | None:
+        return await projector_hooks.switch_off(self, {"projector_power": self.power})
+
+    async def take_over(self, primary: Readings) -> str | None:
+        return await projector_hooks.take_over(self, primary)
+
+    async def prewarm(self) -> str | None:
+        return await projector_hooks.prewarm(self, {"projector_power": self.power})
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "power":

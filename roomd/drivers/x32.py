@@ -56,6 +56,9 @@ class MixerConfig(DeviceConfig):
     # Default: the oscillator where the desk has one on OSC (X32), else `test_channel`.
     test_source: Literal["oscillator", "channel"] | None = None
     test_channel: int | None = None
+    # Backup microphone channels: {primary: backup}. When the primary fails during a meeting
+    # (muted by a fault, silent, clipping), the backup channel is unmuted at once.
+    backup_channels: dict[int, int] = Field(default_factory=dict)
     tone_level_db: float = Field(-12.0, ge=-90, le=10)
     tone_hz: float = Field(1000.0, ge=20, le=20000)
 
@@ -72,7 +75,8 @@ class MixerConfig(DeviceConfig):
     @model_validator(mode="after")
     def _checks(self) -> MixerConfig:
         top = self.mixer.channels
-        for ch in [*self.channels, *([self.test_channel] if self.test_channel else [])]:
+        extra = [*self.backup_channels, *self.backup_channels.values()]
+        for ch in [*self.channels, *([self.test_channel] if self.test_channel else []), *extra]:
             if not 1 <= ch <= top:
                 raise ValueError(f"channel {ch} does not exist on an {self.driver} (1..{top})")
         if len(set(self.channels)) != len(self.channels):
@@ -349,6 +353,26 @@ class MixerDriver(Driver):
             for fut in waiters:
                 fut.cancel()
         self._waiters.clear()
+
+    # ---- meeting hooks -----------------------------------------------------------------------
+
+    async def shutdown(self) -> str | None:
+        if self.params.get(self.model.main_on) == 0:
+            return None
+        await self._set(self.model.main_on, 0)
+        return "main mix muted"
+
+    async def take_over(self, primary: Readings) -> str | None:
+        await self._set(self.model.main_on, 1)
+        return "main mix unmuted"
+
+    async def backup_channel(self, primary: int) -> str | None:
+        """Unmute the backup of a failed microphone channel, if it has one."""
+        backup = self.config.backup_channels.get(primary)
+        if backup is None:
+            return None
+        await self._set(self.model.ch_on(backup), 1)
+        return f"channel {backup} unmuted in place of channel {primary}"
 
     # ---- commands ----------------------------------------------------------------------------
 

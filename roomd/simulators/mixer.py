@@ -335,7 +335,9 @@ class RtpAudioSource:
         if tone is not None:
             x += synth.tone(room.tone_hz(), tone - CALIBRATION_DB, n, self.rate, start)
         if room.talking:
-            envelope = 0.5 + 0.5 * np.sin(2 * math.pi * 3.0 * (np.arange(n) + start) / self.rate)
+            # Syllables at 2 per second with gaps between them, as speech has.
+            phase = 2 * math.pi * 2.0 * (np.arange(n) + start) / self.rate
+            envelope = np.square(np.maximum(0.0, np.sin(phase))) * 2.0
             x += envelope * synth.noise(65.0 - CALIBRATION_DB, n, rng)
         if room.clipping:
             x *= 200.0  # overdriven: the converter clips

@@ -73,16 +73,21 @@ def card_uid(n: int) -> str:
 
 
 async def tap_script(
-    reader: ReaderSim, roster: list[str], period: float, rng: random.Random
+    reader: ReaderSim,
+    roster: list[str],
+    period: float,
+    rng: random.Random,
+    unplug_rate: float = 0.02,
 ) -> None:
     """Attendees arrive: mostly known cards, some held (repeats), some unknown, a little noise,
-    and now and then the reader's USB cable is pulled and plugged back in a few seconds later."""
+    and now and then (`unplug_rate` of the taps) the reader's USB cable is pulled and plugged
+    back in a few seconds later."""
     queue = list(roster)
     rng.shuffle(queue)
     while True:
         await asyncio.sleep(rng.uniform(0.5, 1.5) * period)
         roll = rng.random()
-        if roll < 0.02 and reader.plugged:
+        if roll < unplug_rate and reader.plugged:
             reader.unplug()
             await asyncio.sleep(rng.uniform(3, 6))
             reader.plug()

@@ -73,9 +73,10 @@ class Drift(Scenario):
 class Demo(Scenario):
     """A 90-second loop that shows every kind of alert going up and coming back down:
     r302's CO2 climbs over 1000 ppm and falls back; r303's lights go off and come back;
-    r301's RS-485 climate sensor stops answering for 20 s; r301's projector lamp fails and
+    r303's RS-485 climate sensor stops answering for 20 s; r303's projector lamp fails and
     r302's projector fan warns, each for a while; r303's mixer main is muted for 25 s and r302
-    picks up mains hum."""
+    picks up mains hum. r301 stays in order: `roomd check r301` passes until a fault is
+    injected through the control port."""
 
     PERIOD = 90.0
 
@@ -94,14 +95,14 @@ class Demo(Scenario):
 
     def fault(self, room: int, device: str, t: float) -> Fault:
         s = t % self.PERIOD
-        if room == 0 and device == "climate" and 15 <= s < 35:
+        if room == 2 and device == "climate" and 15 <= s < 35:
             return "silent"
         return "none"
 
     def projector_faults(self, room: int, t: float) -> frozenset[str]:
         s = t % self.PERIOD
-        if room == 0 and 40 <= s < 70:
-            return frozenset({"lamp"})  # r301's projector lamp fails, then is replaced
+        if room == 2 and 40 <= s < 70:
+            return frozenset({"lamp"})  # r303's projector lamp fails, then is replaced
         if room == 1 and 10 <= s < 40:
             return frozenset({"fan"})
         return frozenset()

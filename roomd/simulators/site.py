@@ -119,9 +119,11 @@ class SimulatedSite:
                     + "".join(f"{u},Guest {i * 1000 + n}\n" for n, u in enumerate(people))
                 )
                 rng = random.Random(301 + i)
+                unplug_rate = 0.02 if self.scenario.name == "demo" and i > 0 else 0.0
                 self._taps.append(
                     asyncio.create_task(
-                        tap_script(room.reader, people, self.tap_period, rng),
+                        # Pulled cables only where the scenario shows faults, never in r301.
+                        tap_script(room.reader, people, self.tap_period, rng, unplug_rate),
                         name=f"taps-{room.id}",
                     )
                 )

@@ -4,6 +4,7 @@ signals, exit codes."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -190,28 +191,55 @@ def test_run_exit_codes(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for cmd in ("run", "validate", "simulate", "demo", "ack"):
+    for cmd in ("run", "validate", "simulate", "demo", "ack", "check", "analyze", "simctl"):
         out = subprocess.run([*ROOMD, cmd, "--help"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0 and "usage: roomd" in out.stdout
 
 
-def test_demo_shows_readings_and_an_alert_within_a_minute(tmp_path: Path) -> None:
+def test_demo_shows_alerts_and_roomd_check_answers_against_its_rooms(tmp_path: Path) -> None:
+    """The demo, as a newcomer runs it: readings and alerts within a minute, and `roomd check
+    r301` (in another terminal) exits 0, then 1 once a fault is injected."""
     env = dict(os.environ, COLUMNS="200")
-    out = subprocess.run(
-        [*ROOMD, "demo", "--duration", "25"],
-        capture_output=True,
+    demo = subprocess.Popen(
+        [*ROOMD, "demo", "--duration", "70"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=90,
         env=env,
         cwd=tmp_path,
     )
-    assert out.returncode == 0, out.stderr
-    text = out.stdout
+    assert demo.stdout is not None
+    header = ""
+    while "Faults:" not in header:
+        line = demo.stdout.readline()
+        assert line, "demo ended before printing its header"
+        header += line
+    cfg = re.search(r"roomd check r301 -c (\S+)", header)
+    ctl = re.search(r"roomd simctl (\S+) fault", header)
+    assert cfg and ctl, header
+    check = [*ROOMD, "check", "r301", "-c", cfg.group(1)]
+    ready = subprocess.run(check, capture_output=True, text=True, timeout=120)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    text = ready.stdout
+    assert "Pre-meeting check: City Hall 301 (r301)" in text and "Result:  READY" in text
+    for item in ("power-on test", "sound check: sound level", "answers", "CO2"):
+        assert item in text
+    inject = [*ROOMD, "simctl", ctl.group(1), "fault", "r301", "mixer", "mute_main"]
+    assert subprocess.run(inject, capture_output=True, text=True, timeout=30).returncode == 0
+    failed = subprocess.run([*check, "--format", "json"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert failed.returncode == 1, failed.stderr
+    report = json.loads(failed.stdout)
+    assert not report["passed"] and "mic: sound check: sound level" in report["failed"]
+    out, _err = demo.communicate(timeout=120)
+    assert demo.returncode == 0
+    text = header + out
     assert "mosquitto_sub" in text and "/metrics" in text
     assert "CO2" in text and "online" in text
     assert "alert r302.env.co2_ppm.max [III]" in text
-    assert "alert r301.climate.online.min [II]" in text
+    assert "alert r303.climate.online.min [II]" in text
     assert "alert r302.projector.projector_error_fan.warning [III]" in text
+    assert "sound" in text and "SNR" in text  # the probes' column
     assert re.search(r"r30[123]\s.*\n.*\b[1-9]\d* signed in", text), "attendees per room"
 
 

@@ -76,6 +76,8 @@ class MqttSink:
         self._tasks: list[asyncio.Task[None]] = []
         self.extra_topics: list[str] = []  # more subscriptions, routed to on_other
         self.on_other: Callable[[str, bytes], None] | None = None
+        # Retained bookings lists written by booking systems: (room, payload).
+        self.on_bookings: Callable[[str, bytes], None] | None = None
         self._sock: Any = None
         self._loop_thread = 0
 
@@ -307,6 +309,7 @@ class MqttSink:
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
         client.subscribe(
             [(f"{self.base}/+/+/cmd", 1), (f"{self.base}/_daemon/cmd", 1)]
+            + ([(f"{self.base}/+/bookings", 1)] if self.on_bookings else [])
             + [(t, 1) for t in self.extra_topics]
         )
         for topic, data in list(self._retained.items()):
@@ -377,6 +380,8 @@ class MqttSink:
             self.on_command("_daemon", None, None, payload)
         elif len(parts) == 3 and parts[2] == "cmd":
             self.on_command("device", parts[0], parts[1], payload)
+        elif len(parts) == 2 and parts[1] == "bookings" and self.on_bookings is not None:
+            self.on_bookings(parts[0], payload)
 
     async def run_drainer(self) -> None:
         while True:

@@ -1,0 +1,290 @@
+"""Bookings: iCalendar files or URLs (recurrences and exceptions expanded by icalendar +
+recurring-ical-events) and JSON lists pushed by booking systems over MQTT.
+
+A source that cannot be read or parsed keeps its last good bookings; the caller turns the
+error into an alert for that room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import icalendar
+import recurring_ical_events  # type: ignore[import-untyped]
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BookingClass = Literal["small", "large", "important"]
+CLASSES: tuple[BookingClass, ...] = ("small", "large", "important")
+
+
+class BookingError(ValueError):
+    """A source or message that could not be used; the text names what was wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    id: str
+    room: str
+    start: float  # epoch seconds
+    end: float
+    title: str = ""
+    organiser: str = ""
+    attendees: int | None = None
+    cls: BookingClass = "small"
+    source: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "title": self.title,
+            "organiser": self.organiser,
+            "attendees": self.attendees,
+            "class": self.cls,
+        }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(value: Any) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.astimezone()  # floating time: the daemon's local time zone
+        return value.timestamp()
+    if isinstance(value, date):  # an all-day event: local midnight
+        return datetime(value.year, value.month, value.day).astimezone().timestamp()
+    raise BookingError(f"not a date or time: {value!r}")
+
+
+def _class_of(event: Any) -> BookingClass:
+    """From X-ROOMD-CLASS, else from CATEGORIES (`large`, `important`), else small."""
+    explicit = event.get("X-ROOMD-CLASS")
+    if explicit is not None:
+        text = str(explicit).strip().lower()
+        if text in CLASSES:
+            return text
+    categories = event.get("CATEGORIES")
+    words: list[str] = []
+    for entry in categories if isinstance(categories, list) else [categories]:
+        if entry is not None:
+            words += [str(c).strip().lower() for c in getattr(entry, "cats", [entry])]
+    for cls in ("important", "large"):
+        if cls in words:
+            return cls
+    return "small"
+
+
+def _organiser(event: Any) -> str:
+    org = event.get("ORGANIZER")
+    if org is None:
+        return ""
+    name = getattr(org, "params", {}).get("CN")
+    return str(name) if name else str(org).removeprefix("mailto:")
+
+
+def _attendees(event: Any) -> int | None:
+    explicit = event.get("X-ROOMD-ATTENDEES")
+    if explicit is not None:
+        try:
+            return int(str(explicit))
+        except ValueError:
+            pass
+    listed = event.get("ATTENDEE")
+    if listed is None:
+        return None
+    return len(listed) if isinstance(listed, list) else 1
+
+
+def parse_ical(data: bytes, room: str, source: str, start: float, end: float) -> list[Booking]:
+    """Events overlapping [start, end), recurrences expanded. BookingError when unusable."""
+    try:
+        calendar = icalendar.Calendar.from_ical(data)
+    except (ValueError, IndexError, KeyError) as exc:
+        raise BookingError(f"not an iCalendar file: {exc}") from None
+    try:
+        events = recurring_ical_events.of(calendar).between(
+            datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
+        )
+    except Exception as exc:  # the library raises its own types for bad RRULEs and dates
+        raise BookingError(f"cannot expand the calendar: {type(exc).__name__}: {exc}") from None
+    # A moved occurrence (RECURRENCE-ID) may omit organiser, class and attendees: its series'
+    # master event has them.
+    masters: dict[str, Any] = {}
+    for component in calendar.walk("VEVENT"):
+        if component.get("RECURRENCE-ID") is None and component.get("UID") is not None:
+            masters[str(component.get("UID"))] = component
+    out: list[Booking] = []
+    for event in events:
+        if str(event.get("STATUS", "")).upper() == "CANCELLED":
+            continue
+        uid = str(event.get("UID") or "")
+        if not uid:
+            raise BookingError("an event has no UID")
+        master = masters.get(uid, event)
+        begin = _epoch(event.get("DTSTART").dt)
+        finish_prop = event.get("DTEND")
+        if finish_prop is not None:
+            finish = _epoch(finish_prop.dt)
+        elif event.get("DURATION") is not None:
+            finish = begin + event.get("DURATION").dt.total_seconds()
+        else:
+            finish = begin + 3600.0
+        if finish <= begin:
+            raise BookingError(f"event {uid}: ends before it starts")
+        title = str(event.get("SUMMARY") or master.get("SUMMARY") or "")
+        # An occurrence is named by its original start (RECURRENCE-ID), so a moved one keeps
+        # its id and the checks already done for it.
+        rid = event.get("RECURRENCE-ID")
+        if master.get("RRULE") is not None or master.get("RDATE") is not None:
+            occurrence = f"{uid}@{_iso(_epoch(rid.dt) if rid is not None else begin)}"
+        else:
+            occurrence = uid
+        out.append(
+            Booking(
+                id=occurrence,
+                room=room,
+                start=begin,
+                end=finish,
+                title=title,
+                organiser=_organiser(event) or _organiser(master),
+                attendees=_attendees(event)
+                if _attendees(event) is not None
+                else _attendees(master),
+                cls=_class_of(event)
+                if event.get("CATEGORIES") or event.get("X-ROOMD-CLASS")
+                else _class_of(master),
+                source=source,
+            )
+        )
+    return sorted(out, key=lambda b: b.start)
+
+
+class _PushedBooking(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1)
+    start: datetime
+    end: datetime
+    title: str = ""
+    organiser: str = ""
+    attendees: int | None = Field(None, ge=0)
+    cls: BookingClass = Field("small", alias="class")
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. a trailing Z)")
+        return value
+
+
+def parse_bookings_message(payload: bytes, room: str) -> list[Booking]:
+    """The retained JSON list on `{prefix}/{site}/{room}/bookings`. An empty payload: none."""
+    if not payload.strip():
+        return []
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BookingError(f"not JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise BookingError("expected a JSON list of bookings")
+    out = []
+    for i, item in enumerate(data):
+        try:
+            b = _PushedBooking.model_validate(item)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "item"
+            raise BookingError(f"[{i}].{where}: {first['msg']}") from None
+        if b.end <= b.start:
+            raise BookingError(f"[{i}]: end is not after start")
+        out.append(
+            Booking(
+                b.id,
+                room,
+                b.start.timestamp(),
+                b.end.timestamp(),
+                b.title,
+                b.organiser,
+                b.attendees,
+                b.cls,
+                "mqtt",
+            )
+        )
+    return sorted(out, key=lambda b: b.start)
+
+
+def _fetch(source: str, timeout: float) -> bytes:
+    if source.startswith(("http://", "https://")):
+        request = urllib.request.Request(source, headers={"User-Agent": "roomd"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data: bytes = response.read(8 * 1024 * 1024)
+            return data
+    return Path(source).read_bytes()
+
+
+@dataclass
+class RoomBookings:
+    """One room's bookings from all its sources; each source keeps its last good list."""
+
+    room: str
+    sources: tuple[str, ...] = ()
+    by_source: dict[str, list[Booking]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # source → reason
+    pushed: bool = False  # a booking system has written the MQTT topic
+
+    @property
+    def known(self) -> bool:
+        """Does this room have bookings at all (else it counts as always in use)?"""
+        return bool(self.sources) or self.pushed
+
+    def all(self) -> list[Booking]:
+        merged: dict[str, Booking] = {}
+        for bookings in self.by_source.values():
+            for b in bookings:
+                merged.setdefault(b.id, b)
+        return sorted(merged.values(), key=lambda b: b.start)
+
+    async def refresh(self, now: float, horizon: float, timeout: float = 10.0) -> None:
+        """Re-read every calendar source; [now − 1 day, now + horizon] is expanded."""
+        for source in self.sources:
+            try:
+                data = await asyncio.to_thread(_fetch, source, timeout)
+                self.by_source[source] = parse_ical(
+                    data, self.room, source, now - 86400, now + horizon
+                )
+                self.errors.pop(source, None)
+            except BookingError as exc:
+                self.errors[source] = f"{source}: {exc}"
+            except OSError as exc:
+                reason = getattr(exc, "reason", None) or exc.strerror or exc
+                self.errors[source] = f"{source}: cannot read: {reason}"
+
+    def push(self, payload: bytes) -> None:
+        try:
+            self.by_source["mqtt"] = parse_bookings_message(payload, self.room)
+            self.errors.pop("mqtt", None)
+        except BookingError as exc:
+            self.errors["mqtt"] = f"bookings message: {exc}"
+        self.pushed = True
+
+    def current(self, now: float) -> Booking | None:
+        for b in self.all():
+            if b.start <= now < b.end:
+                return b
+        return None
+
+    def next_after(self, now: float) -> Booking | None:
+        for b in self.all():
+            if b.start > now:
+                return b
+        return None

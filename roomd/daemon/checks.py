@@ -1,0 +1,283 @@
+"""The pre-meeting check of one room (STANDARD §2: three levels at T−2 h, T−1 h, T−30 min).
+
+Generic items for every device (answers, no grade I–III alert, readings within the profile),
+then each driver's own self-test (`Driver.self_test`: projectors power on and show a signal),
+the room's sound check where a mixer and an audio probe exist, and what the previous level
+found. The report is what a technician would print and sign.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.audio_probe import AudioProbeDriver
+from ..drivers.base import CommandError, DeviceError
+from ..drivers.x32 import MixerDriver
+from .bookings import Booking
+from .checktypes import CheckContext, CheckItem
+from .clock import iso
+from .soundcheck import soundcheck
+
+if TYPE_CHECKING:
+    from .config import Room
+    from .supervisor import Daemon, Poller
+
+LEVEL_NAMES = {
+    0: "inspection (day before)",
+    1: "level 1 (T-2 h)",
+    2: "level 2 (T-1 h)",
+    3: "level 3 (T-30 min)",
+}
+# Readings whose profile limits the check holds the room to at the moment of the check.
+ENVIRONMENT = ("temperature_c", "humidity_pct", "co2_ppm", "illuminance_lux", "color_temp_k")
+BLOCKING_GRADES = ("I", "II", "III")
+CHECK_METRICS = ("room_ready", "room_sealed", "bookings")  # the check's own alerts
+
+
+class RoomChecker:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def run(
+        self, room: Room, level: int, booking: Booking | None, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """One check at a time per room: a second request waits for the running one."""
+        running = self._running.get(room.id)
+        if running is not None and not running.done():
+            await asyncio.wait({running})
+        task = asyncio.ensure_future(self._run(room, level, booking, previous))
+        self._running[room.id] = task
+        return await task
+
+    async def _run(
+        self, room: Room, level: int, booking: Booking | None, previous: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        d = self.daemon
+        started = time.monotonic()
+        at = d.clock.time()
+        pollers = list(d.room_pollers.get(room.id, {}).values())
+        # Just started (or reloaded): give every device its first poll before judging it.
+        patience = max((p.config.poll + p.config.timeout for p in pollers), default=0.0) * 2
+        for _ in range(int(min(30.0, patience) * 10)):
+            if all(p.online is not None for p in pollers):
+                break
+            await asyncio.sleep(0.1)
+        items: list[CheckItem] = []
+        for p in pollers:
+            answers = p.online is True
+            items.append(
+                CheckItem(
+                    "answers",
+                    "online",
+                    "online"
+                    if answers
+                    else (f"offline: {p.error}" if p.error else "not yet polled"),
+                    answers,
+                    device=p.config.id,
+                )
+            )
+        blocking = sorted(
+            (
+                a
+                for a in d.book.active.values()
+                if a.room == room.id
+                and a.severity in BLOCKING_GRADES
+                and a.metric not in CHECK_METRICS
+                and a.metric != "online"  # already an "answers" item
+            ),
+            key=lambda a: a.id,
+        )
+        items.append(
+            CheckItem(
+                "no active alert of grade III or worse",
+                "none",
+                "; ".join(f"[{a.severity}] {a.message}" for a in blocking) or "none",
+                not blocking,
+            )
+        )
+        items += self._environment(room, pollers)
+        near = booking is not None and booking.start - at <= d.config.meetings.keep_on_within
+        for p in pollers:
+            if not p.online:
+                continue
+            ctx = CheckContext(
+                level=level,
+                keep_on=near,
+                expect_source=d.config.meetings.expect_source,
+                readings=lambda p=p: dict(p.readings),  # type: ignore[misc]
+                wait_for=self._waiter(p),
+            )
+            t = time.monotonic()
+            try:
+                extra = await p.driver.self_test(ctx)
+            except (DeviceError, CommandError, TimeoutError) as exc:
+                extra = [CheckItem("self-test", "completes", f"failed: {exc}", False)]
+            for item in extra:
+                item.device = item.device or p.config.id
+                item.duration_s = item.duration_s or round(time.monotonic() - t, 2)
+            items += extra
+        items += await self._sound(room, pollers)
+        if previous is not None and not previous.get("passed", True):
+            items.append(self._previous(previous, items))
+        report: dict[str, Any] = {
+            "room": room.id,
+            "room_name": room.config.name,
+            "meeting": booking.as_dict() if booking else None,
+            "level": level,
+            "level_name": LEVEL_NAMES.get(level, f"level {level}"),
+            "at": at,
+            "ts": iso(at),
+            "passed": all(i.passed for i in items),
+            "failed": [_label(i) for i in items if not i.passed],
+            "duration_s": round(time.monotonic() - started, 2),
+            "items": [asdict(i) for i in items],
+        }
+        return report
+
+    def _environment(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:
+        """Climate, air and light within the profile now (no hold time: the room must be right
+        when the check runs)."""
+        out = []
+        for p in pollers:
+            if not p.online:
+                continue
+            thresholds = p.driver.expand_thresholds(room.device_thresholds(p.config))
+            for metric in ENVIRONMENT:
+                value = p.readings.get(metric)
+                t = thresholds.get(metric)
+                if not isinstance(value, int | float) or t is None or not t.enabled:
+                    continue
+                low = t.min is None or value >= t.min
+                high = t.max is None or value <= t.max
+                expected = (
+                    f"{t.min:g}..{t.max:g}"
+                    if t.min is not None and t.max is not None
+                    else (f">= {t.min:g}" if t.min is not None else f"<= {t.max:g}")
+                )
+                out.append(
+                    CheckItem(
+                        t.label or metric,
+                        f"{expected} {t.unit}".strip(),
+                        f"{value:g} {t.unit}".strip(),
+                        low and high,
+                        device=p.config.id,
+                    )
+                )
+        return out
+
+    async def _sound(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:
+        mixers = [p for p in pollers if isinstance(p.driver, MixerDriver) and p.online]
+        probes = [p for p in pollers if isinstance(p.driver, AudioProbeDriver) and p.online]
+        if not probes or not mixers:
+            return []  # an offline one is already a failed "answers" item
+        probe, mixer = probes[0], mixers[0]
+        assert isinstance(probe.driver, AudioProbeDriver)
+        assert isinstance(mixer.driver, MixerDriver)
+        thresholds = probe.driver.expand_thresholds(room.device_thresholds(probe.config))
+        result = await soundcheck(mixer.driver, probe.driver, thresholds)
+        for item in result.items:
+            item.device = probe.config.id
+            item.item = f"sound check: {item.item}"
+        return result.items
+
+    @staticmethod
+    def _previous(previous: dict[str, Any], items: list[CheckItem]) -> CheckItem:
+        """STANDARD §2: each level re-checks what the previous level found."""
+        found = previous.get("failed", [])
+        now_failing = {_label(i) for i in items if not i.passed}
+        still = [f for f in found if f in now_failing]
+        return CheckItem(
+            f"findings of {previous.get('level_name', 'the previous level')}",
+            "all fixed",
+            "; ".join(still) + " still failing" if still else f"{len(found)} fixed",
+            not still,
+            detail="; ".join(found),
+        )
+
+    def _waiter(self, p: Poller) -> Callable[[str, Callable[[Any], bool], float], Any]:
+        async def wait_for(metric: str, pred: Callable[[Any], bool], timeout: float) -> Any:
+            deadline = time.monotonic() + timeout
+            while True:
+                value = p.readings.get(metric)
+                if pred(value) or time.monotonic() >= deadline:
+                    return value
+                await asyncio.sleep(0.2)
+
+        return wait_for
+
+
+def _label(item: CheckItem) -> str:
+    return f"{item.device}: {item.item}" if item.device else item.item
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def _meeting_line(report: dict[str, Any]) -> str:
+    m = report.get("meeting")
+    if not m:
+        return "no booking (on-demand check)"
+    who = f", organiser {m['organiser']}" if m.get("organiser") else ""
+    return f"{m.get('title') or m['id']} ({m['start']} to {m['end']}, {m['class']}{who})"
+
+
+def render_text(report: dict[str, Any]) -> str:
+    verdict = "READY" if report["passed"] else "NOT READY"
+    lines = [
+        f"Pre-meeting check: {report.get('room_name') or report['room']} ({report['room']})",
+        f"Meeting: {_meeting_line(report)}",
+        f"Level:   {report['level_name']}",
+        f"Time:    {report['ts']}  ({report['duration_s']:g} s)",
+        f"Result:  {verdict}",
+        "",
+        f"{'':5}{'device':16}{'item':40}{'expected':18}measured",
+    ]
+    for item in report["items"]:
+        mark = "ok" if item["passed"] else "FAIL"
+        lines.append(
+            f"{mark:5}{item['device'][:15]:16}{item['item'][:39]:40}{item['expected'][:17]:18}"
+            f"{item['measured']}"
+        )
+    lines += ["", "Checked by: ____________________   Signature: ____________________"]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    e = html.escape
+    verdict = "READY" if report["passed"] else "NOT READY"
+    rows = "\n".join(
+        f'<tr class="{"ok" if i["passed"] else "fail"}"><td>{"ok" if i["passed"] else "FAIL"}'
+        f"</td><td>{e(i['device'])}</td><td>{e(i['item'])}</td><td>{e(i['expected'])}</td>"
+        f"<td>{e(i['measured'])}</td><td>{i['duration_s']:g} s</td></tr>"
+        for i in report["items"]
+    )
+    name = e(report.get("room_name") or report["room"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Pre-meeting check {name}, {e(report["level_name"])}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; }}
+table {{ border-collapse: collapse; width: 100%; }}
+td, th {{ border: 1px solid #999; padding: 4px 8px; text-align: left; }}
+tr.fail td {{ background: #fdd; }}
+.verdict {{ font-size: 1.4em; font-weight: bold; }}
+.sign {{ margin-top: 3em; }}
+</style></head><body>
+<h1>Pre-meeting check: {name} ({e(report["room"])})</h1>
+<p>Meeting: {e(_meeting_line(report))}<br>
+Level: {e(report["level_name"])}<br>
+Time: {e(report["ts"])} ({report["duration_s"]:g} s)</p>
+<p class="verdict">{verdict}</p>
+<table><tr><th></th><th>device</th><th>item</th><th>expected</th><th>measured</th>
+<th>duration</th></tr>
+{rows}
+</table>
+<p class="sign">Checked by: ____________________ &nbsp; Signature: ____________________</p>
+</body></html>
+"""

@@ -1,0 +1,440 @@
+"""A meeting day, driven by the daemon's clock (STANDARD §2–§4).
+
+For each booking: the day-before inspection and seal (large and important meetings), checks at
+T−2 h, T−1 h and T−30 min, optional pre-warm, faults one grade more severe while it runs,
+failover to backup devices, no-show after 10 min without a sign-in, shutdown after the end
+(unless another meeting follows soon), and a usage record per device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.base import CommandError, DeviceError, Readings
+from ..drivers.nfc import CardReaderDriver
+from ..drivers.x32 import MixerDriver
+from .bookings import Booking, RoomBookings
+from .checks import render_html
+from .clock import iso
+from .config import ROOM_DEVICE, Room, SiteConfig
+from .model import Transition
+from .store import UsageRow
+
+if TYPE_CHECKING:
+    from .supervisor import Daemon, Poller
+
+log = logging.getLogger("roomd.meetings")
+
+STALE = 900.0  # a shutdown or record more than this late (the daemon was down) is skipped
+CHANNEL_METRIC = re.compile(r"^ch(\d\d)_")
+
+
+class MeetingPlanner:
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.rooms: dict[str, RoomBookings] = {}
+        self.done: set[tuple[str, str]] = set()  # (booking id, action)
+        self.last_check: dict[str, dict[str, Any]] = {}  # room → last report
+        self.usage: dict[str, dict[str, UsageRow]] = {}  # booking id → device → row
+        self.failed_over: set[tuple[str, str]] = set()  # (booking id, primary)
+        self._last_tick: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.configure(daemon.config)
+
+    # ---- config and bookings -----------------------------------------------------------------
+
+    def configure(self, cfg: SiteConfig) -> None:
+        for room in cfg.rooms:
+            calendar = room.config.calendar
+            sources = tuple([calendar] if isinstance(calendar, str) else calendar or [])
+            existing = self.rooms.get(room.id)
+            if existing is None:
+                self.rooms[room.id] = RoomBookings(room.id, sources)
+            elif existing.sources != sources:
+                existing.sources = sources
+                for gone in set(existing.by_source) - {*sources, "mqtt"}:
+                    existing.by_source.pop(gone)
+                    existing.errors.pop(gone, None)
+        for gone in set(self.rooms) - {r.id for r in cfg.rooms}:
+            del self.rooms[gone]
+
+    async def refresh(self) -> None:
+        cfg = self.daemon.config.meetings
+        now = self.daemon.clock.time()
+        await asyncio.gather(*(rb.refresh(now, cfg.horizon) for rb in self.rooms.values()))
+        for room_id in self.rooms:
+            self._report_sources(room_id)
+
+    def on_bookings_message(self, room_id: str, payload: bytes) -> None:
+        rb = self.rooms.get(room_id)
+        if rb is None:
+            log.warning("bookings for unknown room %r ignored", room_id)
+            return
+        rb.push(payload)
+        self._report_sources(room_id)
+        self.tick()
+
+    def _report_sources(self, room_id: str) -> None:
+        rb = self.rooms[room_id]
+        value = "error" if rb.errors else "ok"
+        detail = "; ".join(rb.errors.values())
+        if rb.errors:
+            log.warning("%s: bookings: %s (keeping the last good bookings)", room_id, detail)
+        self.daemon.room_reading(room_id, {"bookings": value if rb.known else None}, detail)
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def current(self, room_id: str, now: float | None = None) -> Booking | None:
+        rb = self.rooms.get(room_id)
+        if rb is None:
+            return None
+        return rb.current(self.daemon.clock.time() if now is None else now)
+
+    def meeting_for_signin(self, room_id: str, now: float) -> Booking | None:
+        """The meeting a sign-in belongs to: the running one, else one starting within 30 min
+        (people arrive early)."""
+        rb = self.rooms.get(room_id)
+        if rb is None:
+            return None
+        running = rb.current(now)
+        if running is not None:
+            return running
+        upcoming = rb.next_after(now)
+        if upcoming is not None and upcoming.start - now <= 1800:
+            return upcoming
+        return None
+
+    def sealed(self, room_id: str, now: float) -> Booking | None:
+        """A large or important meeting whose room was inspected and is sealed until its start."""
+        rb = self.rooms.get(room_id)
+        if rb is None:
+            return None
+        for b in rb.all():
+            inspected = b.cls != "small" and (b.id, "inspection") in self.done
+            if inspected and 0 < b.start - now <= self.daemon.config.meetings.inspection:
+                return b
+        return None
+
+    def next_booking(self, room_id: str, now: float) -> Booking | None:
+        rb = self.rooms.get(room_id)
+        return rb.next_after(now) if rb else None
+
+    def level_due(self, room_id: str, now: float) -> tuple[int, Booking | None]:
+        """For an on-demand check: the level the next meeting has reached (1 if none yet)."""
+        b = self.current(room_id, now) or self.next_booking(room_id, now)
+        if b is None:
+            return 1, None
+        levels = self.daemon.config.meetings.check_levels
+        reached = [i + 1 for i, before in enumerate(levels) if now >= b.start - before]
+        return (max(reached) if reached else 1), b
+
+    # ---- the clock ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.daemon.config.meetings
+        next_refresh = 0.0
+        while True:
+            if time.monotonic() >= next_refresh:
+                with contextlib.suppress(Exception):
+                    await self.refresh()
+                next_refresh = time.monotonic() + cfg.calendar_refresh
+            self.tick()
+            await asyncio.sleep(1.0)
+
+    def tick(self) -> None:
+        """Everything due at the daemon clock's now. Cheap; called every second."""
+        d = self.daemon
+        now = d.clock.time()
+        dt = 0.0 if self._last_tick is None else max(0.0, min(now - self._last_tick, 60.0))
+        self._last_tick = now
+        for room in d.config.rooms:
+            rb = self.rooms.get(room.id)
+            if rb is None:
+                continue
+            running = rb.current(now)
+            if rb.known and running is None:
+                d.book.idle_rooms.add(room.id)
+            else:
+                d.book.idle_rooms.discard(room.id)
+            if running is None:
+                d.book.meeting_rooms.discard(room.id)
+            else:
+                d.book.meeting_rooms.add(room.id)
+                self._track(room, running, dt)
+            sealed = self.sealed(room.id, now)
+            if sealed is None and room.id in d.sealed_rooms:
+                d.sealed_rooms.discard(room.id)
+                d.room_reading(room.id, {"room_sealed": None})
+            elif sealed is not None:
+                d.sealed_rooms.add(room.id)
+            for b in rb.all():
+                self._due(room, rb, b, now)
+
+    def _due(self, room: Room, rb: RoomBookings, b: Booking, now: float) -> None:
+        cfg = self.daemon.config.meetings
+        done = self.done
+        pollers = self.daemon.room_pollers.get(room.id, {}).values()
+        if any(p.online is None for p in pollers):
+            return  # just started: act once every device has answered (or failed) once
+        if now < b.start:
+            if b.cls != "small" and now >= b.start - cfg.inspection:
+                first = b.start - cfg.check_levels[0]
+                if (b.id, "inspection") not in done and now < first:
+                    done.add((b.id, "inspection"))
+                    self._spawn(self.check(room, 0, b), f"inspection:{room.id}")
+            reached = [
+                i + 1 for i, before in enumerate(cfg.check_levels) if now >= b.start - before
+            ]
+            if reached:
+                level = max(reached)
+                if (b.id, f"L{level}") not in done:
+                    # A level that was missed (the daemon was down) is covered by the later one.
+                    done.update((b.id, f"L{n}") for n in range(1, level + 1))
+                    done.add((b.id, "inspection"))
+                    self._spawn(self.check(room, level, b), f"check:{room.id}:L{level}")
+            warm = cfg.prewarm is not None and now >= b.start - cfg.prewarm
+            if warm and (b.id, "prewarm") not in done:
+                done.add((b.id, "prewarm"))
+                self._spawn(self.prewarm(room, b), f"prewarm:{room.id}")
+            return
+        if now < b.end:
+            if now >= b.start + cfg.no_show_after and (b.id, "no_show") not in done:
+                done.add((b.id, "no_show"))
+                self._no_show(room, b)
+            return
+        if (b.id, "ended") not in done:
+            done.add((b.id, "ended"))
+            if now - b.end < STALE + cfg.shutdown_grace:
+                self._record_usage(room, b)
+        if now >= b.end + cfg.shutdown_grace and (b.id, "shutdown") not in done:
+            done.add((b.id, "shutdown"))
+            if now - b.end - cfg.shutdown_grace > STALE:
+                return  # long over (the daemon was down): do not switch off a later meeting
+            following = rb.next_after(b.end - 1)
+            while following is not None and following.id == b.id:
+                following = rb.next_after(following.start)
+            if following is not None and following.start - b.end <= cfg.shutdown_gap:
+                log.info("%s: %s ended; next meeting soon, no shutdown", room.id, b.id)
+                return
+            self._spawn(self.shutdown(room, b), f"shutdown:{room.id}")
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def idle(self) -> None:
+        """Wait until every action started so far has finished (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # ---- actions -----------------------------------------------------------------------------
+
+    async def check(self, room: Room, level: int, booking: Booking | None) -> dict[str, Any]:
+        d = self.daemon
+        previous = self.last_check.get(room.id)
+        if previous is not None and booking is not None:
+            same = (previous.get("meeting") or {}).get("id") == booking.id
+            previous = previous if same else None
+        report = await d.checker.run(room, level, booking, previous)
+        self.last_check[room.id] = report
+        d.publish_check(room, report)
+        self._save(room, report)
+        return report
+
+    def _save(self, room: Room, report: dict[str, Any]) -> None:
+        folder = Path(self.daemon.config.state_dir) / "checks" / room.id
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = f"{report['ts'][:19].replace(':', '')}-L{report['level']}"
+            n = 1
+            while (folder / f"{stem}.json").exists():  # two checks in one second
+                n += 1
+                stem = f"{stem.split('.')[0]}.{n}"
+            (folder / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+            (folder / f"{stem}.html").write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            log.error("%s: cannot save the check report: %s", room.id, exc)
+
+    async def prewarm(self, room: Room, b: Booking) -> None:
+        done, failed = await self._each(room, lambda p: p.driver.prewarm())
+        self.daemon.room_event(
+            room.id, {"type": "prewarm", "meeting": b.id, "done": done, "failed": failed}
+        )
+
+    async def shutdown(self, room: Room, b: Booking) -> None:
+        done, failed = await self._each(room, lambda p: p.driver.shutdown())
+        level = logging.WARNING if failed else logging.INFO
+        log.log(level, "%s: shutdown after %s: done %s, failed %s", room.id, b.id, done, failed)
+        self.daemon.room_event(
+            room.id, {"type": "shutdown", "meeting": b.id, "done": done, "failed": failed}
+        )
+
+    async def _each(self, room: Room, action: Any) -> tuple[list[str], list[str]]:
+        done: list[str] = []
+        failed: list[str] = []
+        for p in list(self.daemon.room_pollers.get(room.id, {}).values()):
+            try:
+                async with asyncio.timeout(30):
+                    what = await action(p)
+            except (DeviceError, CommandError, TimeoutError) as exc:
+                failed.append(f"{p.config.id}: {exc or type(exc).__name__}")
+                continue
+            if what:
+                done.append(f"{p.config.id}: {what}")
+        return done, failed
+
+    def _no_show(self, room: Room, b: Booking) -> None:
+        d = self.daemon
+        pollers = d.room_pollers.get(room.id, {}).values()
+        if not any(isinstance(p.driver, CardReaderDriver) for p in pollers):
+            return  # no reader: nobody can say whether people came
+        if d.store.meeting_cards(b.id):
+            return
+        log.warning("%s: no sign-in %d min after the start of %s", room.id, 10, b.id)
+        d.room_event(
+            room.id,
+            {
+                "type": "no_show",
+                "meeting": b.id,
+                "title": b.title,
+                "organiser": b.organiser,
+                "start": iso(b.start),
+                "minutes_after_start": round((d.clock.time() - b.start) / 60, 1),
+            },
+        )
+
+    # ---- during the meeting: failover and usage ----------------------------------------------
+
+    def on_transitions(self, transitions: list[Transition]) -> None:
+        d = self.daemon
+        for t in transitions:
+            a = t.alert
+            if t.kind != "raised" or a.device == ROOM_DEVICE:
+                continue
+            booking = self.current(a.room)
+            if booking is None:
+                continue
+            row = self.usage.get(booking.id, {}).get(a.device)
+            if row is not None:
+                row.alerts += 1
+                row.anomalies.append(f"{a.ts} [{a.severity}] {a.message}")
+            if not d.config.meetings.failover or a.severity not in ("I", "II"):
+                continue
+            primary = d.room_pollers.get(a.room, {}).get(a.device)
+            if primary is None:
+                continue
+            match = CHANNEL_METRIC.match(a.metric)
+            if match and isinstance(primary.driver, MixerDriver):
+                channel = int(match.group(1))
+                key = (booking.id, f"{a.device}:ch{channel}")
+                if key not in self.failed_over and channel in primary.driver.config.backup_channels:
+                    self.failed_over.add(key)
+                    self._spawn(self._channel_failover(primary, channel, booking, a.id), "failover")
+                continue
+            backup_id = primary.config.backup
+            if backup_id is None or (booking.id, a.device) in self.failed_over:
+                continue
+            backup = d.room_pollers.get(a.room, {}).get(backup_id)
+            if backup is None:
+                continue
+            # Switch once per meeting; a recovered primary is not switched back (STANDARD §3:
+            # the operator decides, after diagnosis).
+            self.failed_over.add((booking.id, a.device))
+            self._spawn(self._failover(primary, backup, booking, a.id), "failover")
+
+    async def _failover(self, primary: Poller, backup: Poller, b: Booking, alert_id: str) -> None:
+        readings: Readings = dict(primary.readings)
+        try:
+            async with asyncio.timeout(180):  # a lamp projector warms up for a minute or two
+                what = await backup.driver.take_over(readings)
+            ok, detail = True, what or "nothing to switch"
+        except (DeviceError, CommandError, TimeoutError) as exc:
+            ok, detail = False, f"failed: {exc or type(exc).__name__}"
+        self._announce_failover(primary, backup.config.id, b, alert_id, ok, detail)
+
+    async def _channel_failover(
+        self, mixer: Poller, channel: int, b: Booking, alert_id: str
+    ) -> None:
+        assert isinstance(mixer.driver, MixerDriver)
+        backup = mixer.driver.config.backup_channels[channel]
+        try:
+            async with asyncio.timeout(10):
+                what = await mixer.driver.backup_channel(channel)
+            ok, detail = True, what or ""
+        except (DeviceError, CommandError, TimeoutError) as exc:
+            ok, detail = False, f"failed: {exc or type(exc).__name__}"
+        self._announce_failover(mixer, f"{mixer.config.id}:ch{backup:02d}", b, alert_id, ok, detail)
+
+    def _announce_failover(
+        self, primary: Poller, backup: str, b: Booking, alert_id: str, ok: bool, detail: str
+    ) -> None:
+        d = self.daemon
+        room = primary.room.id
+        level = logging.WARNING if ok else logging.ERROR
+        log.log(level, "%s: failover %s → %s: %s", room, primary.config.id, backup, detail)
+        d.note_alert(alert_id, {"failover": {"backup": backup, "ok": ok, "detail": detail}})
+        d.room_event(
+            room,
+            {
+                "type": "failover",
+                "meeting": b.id,
+                "primary": primary.config.id,
+                "backup": backup,
+                "alert": alert_id,
+                "ok": ok,
+                "detail": detail,
+            },
+        )
+
+    def _track(self, room: Room, b: Booking, dt: float) -> None:
+        rows = self.usage.get(b.id)
+        if rows is None:
+            rows = self.usage[b.id] = {}
+        for p in self.daemon.room_pollers.get(room.id, {}).values():
+            row = rows.get(p.config.id)
+            if row is None:
+                row = rows[p.config.id] = UsageRow(
+                    b.id, room.id, p.config.id, p.driver.kind, b.start, b.end
+                )
+            if p.online:
+                row.online_s += dt
+                if _in_use(p.readings):
+                    row.in_use_s += dt
+
+    def _record_usage(self, room: Room, b: Booking) -> None:
+        rows = self.usage.pop(b.id, None)
+        if not rows:
+            return
+        self.daemon.store.record_usage(rows.values())
+        self.daemon.room_event(
+            room.id,
+            {
+                "type": "usage",
+                "meeting": b.id,
+                "devices": {
+                    r.device: {
+                        "online_s": round(r.online_s),
+                        "in_use_s": round(r.in_use_s),
+                        "alerts": r.alerts,
+                    }
+                    for r in rows.values()
+                },
+            },
+        )
+
+
+def _in_use(readings: Readings) -> bool:
+    """Was the device doing its job (not merely answering)?"""
+    if "projector_power" in readings:
+        return readings["projector_power"] == "on"
+    if "main_mute" in readings:
+        return readings["main_mute"] == "off"
+    return True

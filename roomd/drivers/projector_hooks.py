@@ -1,0 +1,93 @@
+"""Meeting hooks every projector driver shares (PJLink, RS-232): the pre-meeting power-on test,
+switching off after the meeting, taking over from a failed projector, pre-warming. They use
+the driver's own `power`/`input` commands, so any projector driver with those plugs in."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+from ..daemon.checktypes import CheckContext, CheckItem
+from .base import CommandError, DeviceRefused, Driver, Readings
+
+WARMUP_TIMEOUT = 120.0  # seconds a lamp projector may take to reach "on"
+COOLDOWN_TIMEOUT = 180.0
+MIN_WIDTH, MIN_LINES = 1920, 1080  # STANDARD §1: input signal ≥ 1080p
+
+
+def _resolution_ok(value: Any) -> tuple[bool, str]:
+    match = re.fullmatch(r"(\d+)x(\d+)", str(value or ""))
+    if not match:
+        return False, "no signal" if not value else str(value)
+    w, h = int(match.group(1)), int(match.group(2))
+    return w >= MIN_WIDTH and h >= MIN_LINES, f"{w}x{h}"
+
+
+async def power_test(driver: Driver, ctx: CheckContext) -> list[CheckItem]:
+    """Power on (if off), confirm `on`, check the signal, and restore standby unless the meeting
+    is near."""
+    items: list[CheckItem] = []
+    started = time.monotonic()
+    before = ctx.readings().get("projector_power")
+    if before == "cooling":
+        await ctx.wait_for("projector_power", lambda v: v == "off", COOLDOWN_TIMEOUT)
+    if before != "on":
+        await driver.command("power", {"state": "on"})
+    state = await ctx.wait_for("projector_power", lambda v: v == "on", WARMUP_TIMEOUT)
+    items.append(
+        CheckItem(
+            "power-on test",
+            "on",
+            str(state),
+            state == "on",
+            round(time.monotonic() - started, 2),
+            "" if before == "on" else f"was {before}",
+        )
+    )
+    if ctx.expect_source and state == "on":
+        ok, measured = _resolution_ok(ctx.readings().get("input_resolution"))
+        items.append(CheckItem("input signal", f">= {MIN_WIDTH}x{MIN_LINES}", measured, ok))
+    if before in ("off", "cooling", None) and state == "on" and not ctx.keep_on:
+        t = time.monotonic()
+        await driver.command("power", {"state": "off"})
+        items.append(
+            CheckItem("restored to standby", "off", "off", True, round(time.monotonic() - t, 2))
+        )
+    return items
+
+
+async def switch_off(driver: Driver, readings: Readings) -> str | None:
+    power = readings.get("projector_power")
+    if power in ("off", "cooling"):
+        return None
+    await driver.command("power", {"state": "off"})
+    return "projector powered off"
+
+
+async def take_over(driver: Driver, primary: Readings) -> str:
+    """Power on and select the primary's input. Most projectors refuse an input change while
+    warming up (PJLink ERR3), so the input is retried until it is taken or the lamp is up."""
+    await driver.command("power", {"state": "on"})
+    done = "powered on"
+    source = primary.get("input")
+    if isinstance(source, str) and source:
+        deadline = time.monotonic() + WARMUP_TIMEOUT
+        while True:
+            try:
+                await driver.command("input", {"input": source})
+                break
+            except (CommandError, DeviceRefused):
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(1.0)
+        done += f", input {source} selected"
+    return done
+
+
+async def prewarm(driver: Driver, readings: Readings) -> str | None:
+    if readings.get("projector_power") in ("on", "warming"):
+        return None
+    await driver.command("power", {"state": "on"})
+    return "projector powering on"
