@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -265,6 +266,8 @@ class RoomBookings:
                 self.errors.pop(source, None)
             except BookingError as exc:
                 self.errors[source] = f"{source}: {exc}"
+            except urllib.error.HTTPError as exc:
+                self.errors[source] = f"{source}: HTTP {exc.code} {exc.reason}"
             except OSError as exc:
                 reason = getattr(exc, "reason", None) or exc.strerror or exc
                 self.errors[source] = f"{source}: cannot read: {reason}"

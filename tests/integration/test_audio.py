@@ -3,10 +3,13 @@ Mosquitto: meters, subscriptions kept alive, mute alerts, commands, the sound ch
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from roomd.daemon.supervisor import Daemon
 from roomd.simulators.mixer import CALIBRATION_DB, MixerSim, RoomAudio, RtpAudioSource
@@ -120,6 +123,13 @@ async def test_mixers_meters_subscriptions_mute_alerts_and_commands(
             assert scene["ok"] and xair.params["/lr/mix/on"] == 0
             await until(lambda: _state(daemon, "r302", "mixer").get("main_mute") == "on", 5,
                         "scene read back")  # fmt: skip
+
+            # After a meeting the daemon mutes the main mix (the driver's shutdown hook).
+            mixer = daemon.pollers[("r301", "mixer")].driver
+            assert await mixer.shutdown() == "main mix muted"
+            assert x32.params["/main/st/mix/on"] == 0
+            assert await mixer.shutdown() is None  # already muted: nothing to do
+            assert await mixer.take_over({}) == "main mix unmuted"
 
             # Garbage is counted and dropped; a desk that forgets us is asked again.
             x32.send_junk()
@@ -247,3 +257,34 @@ async def test_soundcheck_passes_in_a_good_room_and_fails_with_reasons(
         for mixer, source in sims:
             await source.stop()
             await mixer.stop()
+
+
+async def test_probe_plays_a_wav_file_in_real_time(tmp_path: Path) -> None:
+    import wave
+
+    import numpy as np
+
+    from roomd.audio import synth
+    from roomd.drivers.audio_probe import AudioProbeConfig, AudioProbeDriver
+    from roomd.drivers.base import DriverContext
+
+    x = synth.tone(1000, -26.0, 48000) + synth.noise(-80.0, 48000, np.random.default_rng(1))
+    path = tmp_path / "cal.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48000)
+        w.writeframes(np.clip(np.round(x * 32768), -32768, 32767).astype("<i2").tobytes())
+    cfg = AudioProbeConfig(
+        id="mic", driver="audio-probe", source="wav", file=path, calibration_db=120.0
+    )
+    probe = AudioProbeDriver(cfg, DriverContext())
+    try:
+        first = await probe.poll()
+        assert first["sound_level_db"] is None  # nothing heard yet
+        await asyncio.sleep(1.1)
+        readings = await probe.poll()
+        assert readings["sound_level_db"] == pytest.approx(94.0, abs=0.3)  # the calibrator
+        assert readings["audio_dropouts"] == 0
+    finally:
+        await probe.close()

@@ -142,6 +142,7 @@ async def test_a_meeting_day_from_an_ics_file(
         thresholds={"co2_ppm": {"hold": "0s"}},
     )
     data["rooms"][0]["calendar"] = str(ics)
+    data["meetings"] = {"prewarm": "15m"}
     cfg = write_config(tmp_path / "roomd.yaml", data)
     rec = recorder_factory(mosquitto.port)
     clock = FakeClock(DAY + 6 * HOUR)
@@ -204,6 +205,12 @@ async def test_a_meeting_day_from_an_ics_file(
             assert any(i["item"].startswith("findings of level 3") for i in again["items"])
             await until(lambda: alert(rec, "r301._room.room_ready.not_ready_final") is None, 5,
                         "not-ready cleared")  # fmt: skip
+
+            # 09:45 pre-warm: the projector is already on since the level-3 check.
+            await at(d, clock, 9.75)
+            await until(lambda: len(events(rec, "prewarm")) == 1, 5, "prewarm")
+            assert events(rec, "prewarm")[0] == {**events(rec, "prewarm")[0], "done": [],
+                                                 "failed": [], "meeting": STANDUP}  # fmt: skip
 
             # 10:00 the meeting runs: a fault is one grade more severe (CO2: III → II).
             await at(d, clock, 10)

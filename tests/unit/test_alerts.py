@@ -137,3 +137,47 @@ def test_standard_profile_has_every_rule_of_the_standard() -> None:
     for metric, (lo, hi) in expect.items():
         assert (t[metric].min, t[metric].max) == (lo, hi), metric
     assert t["online"].severity == "II"
+
+
+def test_faults_during_a_meeting_are_one_grade_more_severe() -> None:
+    book, _clock = book_with(
+        projector_error_lamp=Threshold(states={"error": "II"}, label="Lamp"),
+        co2_ppm=Threshold(max=1000, severity="IV"),
+    )
+    book.set_rules("r301", "_room", {"attendees": Threshold(max=10, severity="III")})
+    book.meeting_rooms.add("r301")
+    (lamp,) = book.observe("r301", "env", {"projector_error_lamp": "error"})
+    assert lamp.alert.severity == "I"  # STANDARD §3: a lamp error in a meeting is grade I
+    assert lamp.alert.extra["graded_up_for_meeting"] == "II"
+    (co2,) = book.observe("r301", "env", {"co2_ppm": 1200})
+    assert co2.alert.severity == "III"
+    (room,) = book.observe("r301", "_room", {"attendees": 12})
+    assert room.alert.severity == "III"  # room-level readings are not device faults
+    book.meeting_rooms.clear()
+    book.observe("r301", "env", {"co2_ppm": 500, "projector_error_lamp": "ok"})
+    (again,) = book.observe("r301", "env", {"co2_ppm": 1200})
+    assert again.alert.severity == "IV" and "graded_up_for_meeting" not in again.alert.extra
+
+
+def test_in_use_only_rules_apply_while_the_room_is_in_use() -> None:
+    book, _clock = book_with(
+        main_mute=Threshold(states={"on": "II"}, in_use_only=True),
+        main_level_dbfs=Threshold(max=0, inclusive=True),
+    )
+    book.idle_rooms.add("r301")  # no meeting now: a muted main is normal
+    assert book.observe("r301", "env", {"main_mute": "on"}) == []
+    (clip,) = book.observe("r301", "env", {"main_level_dbfs": 3.0})  # always applies
+    assert clip.alert.rule == "max"
+    book.idle_rooms.clear()  # the meeting starts
+    (muted,) = book.observe("r301", "env", {"main_mute": "on"})
+    assert muted.kind == "raised" and muted.alert.severity == "II"
+    book.idle_rooms.add("r301")  # it ends: the mute alert is no longer applicable
+    (cleared,) = book.observe("r301", "env", {"main_mute": "on", "main_level_dbfs": 3.0})
+    assert cleared.kind == "cleared" and cleared.reason == "not applicable now"
+    assert "r301.env.main_level_dbfs.max" in book.active
+
+
+def test_a_state_alert_carries_its_detail() -> None:
+    book, _clock = book_with(bookings=Threshold(states={"error": "III"}, label="Bookings"))
+    (t,) = book.observe("r301", "env", {"bookings": "error"}, detail="r301.ics: not a calendar")
+    assert t.alert.message == "Bookings: r301.ics: not a calendar"
