@@ -18,7 +18,7 @@ import time
 import wave
 from collections import deque
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -36,6 +36,7 @@ from .base import (
     Readings,
     split_host,
 )
+from .udp import DatagramEndpoint
 
 log = logging.getLogger("roomd.audio")
 
@@ -125,18 +126,6 @@ class _Ring:
         return data, losses, begin
 
 
-class _RtpEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, probe: AudioProbeDriver) -> None:
-        self.probe = probe
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.probe._rtp(data)
-
-
 @register
 class AudioProbeDriver(Driver):
     kind = "audio-probe"
@@ -160,7 +149,7 @@ class AudioProbeDriver(Driver):
         self._cursor: int | None = None
         self._opened_at = 0.0
         self._heard_at = 0.0
-        self._endpoint: _RtpEndpoint | None = None
+        self._endpoint: DatagramEndpoint | None = None
         self._feeder: asyncio.Task[None] | None = None
         self._stream: Any = None
         self.last: Analysis | None = None
@@ -210,7 +199,7 @@ class AudioProbeDriver(Driver):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
             sock.setblocking(False)
             _t, self._endpoint = await loop.create_datagram_endpoint(
-                lambda: _RtpEndpoint(self), sock=sock
+                lambda: DatagramEndpoint(self._rtp), sock=sock
             )
         except OSError as exc:
             sock.close()

@@ -18,11 +18,10 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..daemon.checktypes import CheckContext, CheckItem
 from ..daemon.profiles import ProjectorModel, load_projector_model
 from ..daemon.units import Duration
 from . import pjlink_protocol as pj
-from . import projector_hooks, register
+from . import register
 from .base import (
     CommandError,
     DeviceAuthError,
@@ -36,6 +35,7 @@ from .base import (
     Readings,
     split_host,
 )
+from .projector_hooks import ProjectorHooks
 
 log = logging.getLogger("roomd.pjlink")
 
@@ -216,7 +216,7 @@ class NotificationListener(asyncio.DatagramProtocol):
 
 
 @register
-class PJLinkDriver(Driver):
+class PJLinkDriver(ProjectorHooks, Driver):
     kind = "pjlink"
     config_model = PJLinkConfig
     self_timed = True  # connect, greeting and every reply have their own timeout
@@ -450,20 +450,6 @@ class PJLinkDriver(Driver):
         self._identified = True
 
     # ---- commands ----------------------------------------------------------------------------
-
-    # ---- meeting hooks (shared by every projector driver) ------------------------------------
-
-    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
-        return await projector_hooks.power_test(self, ctx)
-
-    async def shutdown(self) -> str | None:
-        return await projector_hooks.switch_off(self, {"projector_power": self.power})
-
-    async def take_over(self, primary: Readings) -> str | None:
-        return await projector_hooks.take_over(self, primary)
-
-    async def prewarm(self) -> str | None:
-        return await projector_hooks.prewarm(self, {"projector_power": self.power})
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "power":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from ..daemon.checktypes import CheckContext, CheckItem
 from .base import CommandError, DeviceRefused, Driver, Readings
@@ -91,3 +91,22 @@ async def prewarm(driver: Driver, readings: Readings) -> str | None:
         return None
     await driver.command("power", {"state": "on"})
     return "projector powering on"
+
+
+class ProjectorHooks:
+    """The meeting hooks of a projector driver (mixed into PJLink and RS-232 drivers, which
+    keep their power state in `self.power`)."""
+
+    power: str | None
+
+    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
+        return await power_test(cast(Driver, self), ctx)
+
+    async def shutdown(self) -> str | None:
+        return await switch_off(cast(Driver, self), {"projector_power": self.power})
+
+    async def take_over(self, primary: Readings) -> str | None:
+        return await take_over(cast(Driver, self), primary)
+
+    async def prewarm(self) -> str | None:
+        return await prewarm(cast(Driver, self), {"projector_power": self.power})

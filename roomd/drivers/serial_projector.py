@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..daemon.checktypes import CheckContext, CheckItem
 from ..daemon.profiles import SerialDefaults, load_yaml_model
 from ..daemon.units import Duration
-from . import projector_hooks, register
+from . import register
 from .base import (
     CommandError,
     DeviceConfig,
@@ -27,6 +26,7 @@ from .base import (
     DriverContext,
     Readings,
 )
+from .projector_hooks import ProjectorHooks
 from .serial_port import open_serial
 
 log = logging.getLogger("roomd.serial_projector")
@@ -96,7 +96,7 @@ class SerialProjectorConfig(DeviceConfig):
 
 
 @register
-class SerialProjectorDriver(Driver):
+class SerialProjectorDriver(ProjectorHooks, Driver):
     kind = "serial-projector"
     config_model = SerialProjectorConfig
     self_timed = True
@@ -208,20 +208,6 @@ class SerialProjectorDriver(Driver):
         if self.cfg.rated_lumens:
             r["rated_lumens"] = self.cfg.rated_lumens
         return r
-
-    # ---- meeting hooks (shared by every projector driver) ------------------------------------
-
-    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
-        return await projector_hooks.power_test(self, ctx)
-
-    async def shutdown(self) -> str | None:
-        return await projector_hooks.switch_off(self, {"projector_power": self.power})
-
-    async def take_over(self, primary: Readings) -> str | None:
-        return await projector_hooks.take_over(self, primary)
-
-    async def prewarm(self) -> str | None:
-        return await projector_hooks.prewarm(self, {"projector_power": self.power})
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         cmds = self.profile.commands

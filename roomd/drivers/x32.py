@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,6 +32,7 @@ from .base import (
     Readings,
     split_host,
 )
+from .udp import DatagramEndpoint
 
 log = logging.getLogger("roomd.x32")
 
@@ -97,22 +98,6 @@ class MixerConfig(DeviceConfig):
         return "channel" if self.test_channel is not None else None
 
 
-class _Endpoint(asyncio.DatagramProtocol):
-    def __init__(self, driver: MixerDriver) -> None:
-        self.driver = driver
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        self.driver._received(data)
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable on a connected socket: nobody listens there (yet).
-        self.driver._error = exc
-
-
 @register
 class MixerDriver(Driver):
     kind = "x32"
@@ -125,7 +110,7 @@ class MixerDriver(Driver):
         assert isinstance(config, MixerConfig)
         self.model = config.mixer
         self.host, self.port = split_host(config.host, self.model.port)
-        self._endpoint: _Endpoint | None = None
+        self._endpoint: DatagramEndpoint | None = None
         self._error: Exception | None = None
         self._waiters: dict[str, list[asyncio.Future[list[Any]]]] = {}
         self.params: dict[str, Any] = {}
@@ -166,13 +151,14 @@ class MixerDriver(Driver):
 
     # ---- wire --------------------------------------------------------------------------------
 
-    async def _open(self) -> _Endpoint:
+    async def _open(self) -> DatagramEndpoint:
         if self._endpoint is not None and self._endpoint.transport is not None:
             return self._endpoint
         loop = asyncio.get_running_loop()
         try:
             _t, endpoint = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(self), remote_addr=(self.host, self.port)
+                lambda: DatagramEndpoint(self._received, self._note_error),
+                remote_addr=(self.host, self.port),
             )
         except OSError as exc:
             raise DeviceUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from exc
@@ -183,6 +169,9 @@ class MixerDriver(Driver):
         if self._endpoint is None or self._endpoint.transport is None:
             raise DeviceUnreachable("socket closed")
         self._endpoint.transport.sendto(data)
+
+    def _note_error(self, exc: Exception) -> None:
+        self._error = exc
 
     def _received(self, data: bytes) -> None:
         try:
