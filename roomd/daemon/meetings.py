@@ -9,7 +9,6 @@ failover to backup devices, no-show after 10 min without a sign-in, shutdown aft
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -71,6 +70,10 @@ class MeetingPlanner:
         await asyncio.gather(*(rb.refresh(now, cfg.horizon) for rb in self.rooms.values()))
         for room_id in self.rooms:
             self._report_sources(room_id)
+        # Forget what was done for bookings that left the calendars' window.
+        known = {b.id for rb in self.rooms.values() for b in rb.all()}
+        self.done = {k for k in self.done if k[0] in known}
+        self.failed_over = {k for k in self.failed_over if k[0] in known}
 
     def on_bookings_message(self, room_id: str, payload: bytes) -> None:
         rb = self.rooms.get(room_id)
@@ -141,11 +144,14 @@ class MeetingPlanner:
         cfg = self.daemon.config.meetings
         next_refresh = 0.0
         while True:
-            if time.monotonic() >= next_refresh:
-                with contextlib.suppress(Exception):
+            # A bug here must not stop the daemon's polling: log it and carry on next second.
+            try:
+                if time.monotonic() >= next_refresh:
+                    next_refresh = time.monotonic() + cfg.calendar_refresh
                     await self.refresh()
-                next_refresh = time.monotonic() + cfg.calendar_refresh
-            self.tick()
+                self.tick()
+            except Exception:
+                log.exception("meeting planner")
             await asyncio.sleep(1.0)
 
     def tick(self) -> None:
@@ -228,7 +234,12 @@ class MeetingPlanner:
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed", task.get_name(), exc_info=task.exception())
 
     async def idle(self) -> None:
         """Wait until every action started so far has finished (tests, shutdown)."""

@@ -99,6 +99,12 @@ def test_validate_cli_exit_codes(tmp_path: Path) -> None:
         ("driver: modbus, model: nosuch, host: a", "rooms[0].devices[0].model: Value error"),
         ("driver: modbus, model: xy-md02", "give `host` (Modbus TCP) or `port`"),
         ("driver: modbus, model: xy-md02, host: 'a:99999'", "port 99999 out of range"),
+        ("driver: x32, host: a, channels: [1, 33]", "channel 33 does not exist on an x32 (1..32)"),
+        ("driver: xair, host: a, test_source: oscillator", "xair has no oscillator on OSC"),
+        ("driver: xair, host: a, test_source: channel", "test_source channel needs test_channel"),
+        ("driver: audio-probe", "source rtp needs listen: HOST:PORT"),
+        ("driver: audio-probe, source: wav, file: /nonexistent.wav", "file: cannot read"),
+        ("driver: audio-probe, listen: 'a:5004', encoding: L32", "rooms[0].devices[0].encoding"),
     ],
 )
 def test_device_errors_name_the_key(tmp_path: Path, snippet: str, expected: str) -> None:
@@ -182,3 +188,22 @@ def test_format_duration() -> None:
         "2h",
         "90s",
     ]
+
+
+def test_backup_must_be_another_device_of_the_room(tmp_path: Path) -> None:
+    text = (
+        "site: hq\nrooms:\n  - id: r1\n    devices:\n"
+        "      - {id: p1, driver: pjlink, host: a, backup: p3}\n"
+        "      - {id: p2, driver: pjlink, host: b, backup: p2}\n"
+        "      - {id: p4, driver: pjlink, host: c, backup: p1}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert ":5: rooms[0].devices[0].backup: no other device 'p3' in room 'r1'" in out, out
+    assert ":6: rooms[0].devices[1].backup: no other device 'p2'" in out
+    assert "devices[2].backup" not in out
+    levels = "site: hq\nmeetings: {check_levels: [1h, 2h, 30m]}\nrooms: [{id: r1}]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, levels))
+    assert ":2: meetings.check_levels: levels 1, 2, 3 must come ever closer" in str(info.value)
