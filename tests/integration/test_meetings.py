@@ -340,3 +340,45 @@ async def test_failover_to_the_backup_projector_and_no_switch_back(
         main.state.faults.discard("silent")
         await main.stop()
         await spare.stop()
+
+
+async def test_a_failed_microphone_channel_fails_over_to_its_backup_channel(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    from roomd.simulators.mixer import MixerSim, RoomAudio
+
+    desk = MixerSim("x32", room=RoomAudio(talking=True))
+    desk.params["/ch/05/mix/on"] = 0  # the spare microphone waits muted
+    await desk.start()
+    data = site(
+        tmp_path,
+        mosquitto,
+        [{"id": "mixer", "driver": "x32", "host": f"127.0.0.1:{desk.port}", "channels": [1, 2],
+          "backup_channels": {1: 5}}],
+        thresholds={},
+    )  # fmt: skip
+    cfg = write_config(tmp_path / "roomd.yaml", data)
+    rec = recorder_factory(mosquitto.port)
+    clock = FakeClock(DAY + 10 * HOUR + 60)
+    try:
+        async with daemon_at(cfg, clock) as d:
+            rec.publish(
+                f"{BASE}/r301/bookings",
+                [{"id": "m1", "start": "2026-11-23T10:00:00Z", "end": "2026-11-23T11:00:00Z"}],
+            )
+            await until(lambda: d.meetings.current("r301") is not None, 10, "bookings pushed")
+            d.meetings.tick()
+            desk.params["/ch/01/mix/on"] = 0  # the lectern microphone drops out (muted)
+            desk._set("/ch/01/mix/on", 0, None)  # pushed to the daemon over /xremote
+            mixer = d.pollers[("r301", "mixer")]
+            await until(lambda: mixer.readings.get("ch01_mute") == "on", 10, "mute seen")
+            clock.advance(3)  # past the profile's 2 s hold
+            await until(lambda: len(events(rec, "failover")) == 1, 10, "channel failover")
+            event = events(rec, "failover")[0]
+            assert event["backup"] == "mixer:ch05" and event["ok"], event
+            assert desk.params["/ch/05/mix/on"] == 1
+            muted = alert(rec, "r301.mixer.ch01_mute.on")
+            assert muted is not None and muted["severity"] == "II"  # III, one up in a meeting
+            assert muted["failover"]["backup"] == "mixer:ch05"
+    finally:
+        await desk.stop()
