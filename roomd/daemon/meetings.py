@@ -241,6 +241,14 @@ class MeetingPlanner:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
 
+    async def cancel(self) -> None:
+        """On stop: actions still running (a check waiting for a projector) are abandoned."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
     async def idle(self) -> None:
         """Wait until every action started so far has finished (tests, shutdown)."""
         while self._tasks:

@@ -151,6 +151,7 @@ class Daemon:
         finally:
             self.systemd.notify("STOPPING=1", "STATUS=stopping")
             self._tasks = None
+            await self.meetings.cancel()
             for poller in self.pollers.values():
                 with contextlib.suppress(Exception):
                     await poller.driver.close()
