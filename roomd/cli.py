@@ -368,8 +368,11 @@ def site_command(
     done = threading.Event()
     reply: dict[str, Any] = {}
 
+    availability: list[bytes] = []
+    known = threading.Event()
+
     def on_connect(c: mqtt.Client, *_: Any) -> None:
-        c.subscribe(f"{base}/cmd/result", 1)
+        c.subscribe([(f"{base}/cmd/result", 1), (f"{base}/availability", 1)])
 
     def on_subscribe(c: mqtt.Client, *_: Any) -> None:
         c.publish(
@@ -377,6 +380,12 @@ def site_command(
         )
 
     def on_message(c: mqtt.Client, u: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == f"{base}/availability":
+            availability.append(bytes(msg.payload))
+            known.set()
+            if msg.payload == b"offline":
+                done.set()  # the daemon is not running: do not wait for an answer
+            return
         try:
             data = json.loads(msg.payload)
         except ValueError:
@@ -401,9 +410,14 @@ def site_command(
         )
         return None
     client.loop_start()
-    done.wait(timeout)
+    # The daemon's retained availability arrives at once; none means it never ran here.
+    if known.wait(min(3.0, timeout)):
+        done.wait(timeout)
     client.loop_stop()
     client.disconnect()
+    if not reply:
+        state = availability[-1].decode(errors="replace") if availability else "unknown"
+        print(f"the daemon for site {cfg.site} is {state} on this broker", file=sys.stderr)
     return reply or None
 
 

@@ -293,3 +293,22 @@ async def test_discover_command_prints_a_config_snippet() -> None:
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0 and b"no PJLink Class 2 projector answered" in out
+
+
+def test_check_without_a_running_daemon_fails_fast(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    cfg = tmp_path / "roomd.yaml"
+    cfg.write_text(
+        f"site: hq\nmqtt: {{url: '{mosquitto.url}'}}\nstate_dir: {tmp_path / 'state'}\n"
+        "rooms: [{id: r301}]\n"
+    )
+    started = time.monotonic()
+    out = subprocess.run(
+        [*ROOMD, "check", "r301", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2 and time.monotonic() - started < 15
+    assert "daemon for site hq is unknown on this broker" in out.stderr
+    assert "no answer from the daemon" in out.stderr
+    wrong = subprocess.run(
+        [*ROOMD, "check", "r999", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 2 and "no room 'r999'" in wrong.stderr
