@@ -78,7 +78,9 @@ async def test_discovery_configs_switch_rediscovery_and_removal(
     try:
         async with running(cfg) as daemon:
             co2 = "homeassistant/sensor/roomd_hq_r301_env/co2_ppm/config"
+            switch_topic = "homeassistant/switch/roomd_hq_r301_proj/power/config"
             await rec.wait_for(lambda m: m.topic == co2)
+            await rec.wait_for(lambda m: m.topic == switch_topic)  # configs arrive one by one
             found = configs(rec)
             sensor = found[co2]
             assert (
@@ -105,7 +107,7 @@ async def test_discovery_configs_switch_rediscovery_and_removal(
             assert "co2_ppm" in state["readings"]
 
             # The projector switch sends the contract's command: it powers the projector on.
-            switch = found["homeassistant/switch/roomd_hq_r301_proj/power/config"]
+            switch = found[switch_topic]
             rec.publish(switch["command_topic"], switch["payload_on"].encode())
             result = (await rec.wait_for(lambda m: m.topic == "roomd/hq/r301/proj/cmd/result"))[0]
             assert result.json()["ok"] is True
