@@ -345,16 +345,22 @@ async def test_failover_to_the_backup_projector_and_no_switch_back(
 async def test_a_failed_microphone_channel_fails_over_to_its_backup_channel(
     tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
 ) -> None:
-    from roomd.simulators.mixer import MixerSim, RoomAudio
+    from roomd.simulators.mixer import CALIBRATION_DB, MixerSim, RoomAudio, RtpAudioSource
+    from roomd.simulators.site import _free_port
 
     desk = MixerSim("x32", room=RoomAudio(talking=True))
     desk.params["/ch/05/mix/on"] = 0  # the spare microphone waits muted
     await desk.start()
+    port = _free_port(udp=True)
+    source = RtpAudioSource(desk.room, ("127.0.0.1", port))
+    await source.start()
     data = site(
         tmp_path,
         mosquitto,
         [{"id": "mixer", "driver": "x32", "host": f"127.0.0.1:{desk.port}", "channels": [1, 2],
-          "backup_channels": {1: 5}}],
+          "backup_channels": {1: 5}},
+         {"id": "mic", "driver": "audio-probe", "listen": f"127.0.0.1:{port}",
+          "calibration_db": CALIBRATION_DB}],
         thresholds={},
     )  # fmt: skip
     cfg = write_config(tmp_path / "roomd.yaml", data)
@@ -380,5 +386,11 @@ async def test_a_failed_microphone_channel_fails_over_to_its_backup_channel(
             muted = alert(rec, "r301.mixer.ch01_mute.on")
             assert muted is not None and muted["severity"] == "II"  # III, one up in a meeting
             assert muted["failover"]["backup"] == "mixer:ch05"
+            # A check during the meeting does not play a test tone into it.
+            report = await d.check_room("r301", None)
+            sound = [i for i in report["items"] if i["item"].startswith("sound check")]
+            assert [i["measured"] for i in sound] == ["skipped: a meeting is in progress"]
+            assert "/config/osc/level" not in desk.log  # the oscillator was never set up
     finally:
+        await source.stop()
         await desk.stop()
