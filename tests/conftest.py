@@ -150,9 +150,9 @@ class Recorder:
             f"timed out waiting for {count} matching message(s); last seen:\n{seen}"
         )
 
-    def publish(self, topic: str, payload: Any) -> None:
+    def publish(self, topic: str, payload: Any, retain: bool = False) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        self.client.publish(topic, data, qos=1)
+        self.client.publish(topic, data, qos=1, retain=retain)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from ..drivers.x32 import MixerDriver
 from .bookings import Booking
 from .checktypes import CheckContext, CheckItem
 from .clock import iso
-from .soundcheck import soundcheck
+from .soundcheck import SoundCheckResult, soundcheck
 
 if TYPE_CHECKING:
     from .config import Room
@@ -181,19 +181,15 @@ class RoomChecker:
     @staticmethod
     def _sound_pair(pollers: list[Poller]) -> tuple[Poller, Poller] | None:
         """The room's (mixer, probe), both online; an offline one is a failed "answers" item."""
-        mixers = [p for p in pollers if isinstance(p.driver, MixerDriver) and p.online]
-        probes = [p for p in pollers if isinstance(p.driver, AudioProbeDriver) and p.online]
-        return (mixers[0], probes[0]) if mixers and probes else None
+        mixer, probe = audio_devices([p for p in pollers if p.online])
+        return (mixer, probe) if mixer is not None and probe is not None else None
 
     async def _sound(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:
         pair = self._sound_pair(pollers)
         if pair is None:
             return []
         mixer, probe = pair
-        assert isinstance(probe.driver, AudioProbeDriver)
-        assert isinstance(mixer.driver, MixerDriver)
-        thresholds = probe.driver.expand_thresholds(room.device_thresholds(probe.config))
-        result = await soundcheck(mixer.driver, probe.driver, thresholds)
+        result = await room_soundcheck(room, mixer, probe)
         for item in result.items:
             item.device = probe.config.id
             item.item = f"sound check: {item.item}"
@@ -223,6 +219,23 @@ class RoomChecker:
                 await asyncio.sleep(0.2)
 
         return wait_for
+
+
+def audio_devices(pollers: Iterable[Poller]) -> tuple[Poller | None, Poller | None]:
+    """A room's first mixer and first audio probe (either may be missing)."""
+    pollers = list(pollers)
+    mixer = next((p for p in pollers if isinstance(p.driver, MixerDriver)), None)
+    probe = next((p for p in pollers if isinstance(p.driver, AudioProbeDriver)), None)
+    return mixer, probe
+
+
+async def room_soundcheck(room: Room, mixer: Poller | None, probe: Poller) -> SoundCheckResult:
+    """The sound check with the probe's thresholds (the room's profile and overrides)."""
+    assert isinstance(probe.driver, AudioProbeDriver)
+    thresholds = probe.driver.expand_thresholds(room.device_thresholds(probe.config))
+    desk = mixer.driver if mixer is not None else None
+    assert desk is None or isinstance(desk, MixerDriver)
+    return await soundcheck(desk, probe.driver, thresholds)
 
 
 def _label(item: CheckItem) -> str:

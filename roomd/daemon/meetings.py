@@ -317,7 +317,8 @@ class MeetingPlanner:
             return  # no reader: nobody can say whether people came
         if d.store.meeting_cards(b.id):
             return
-        log.warning("%s: no sign-in %d min after the start of %s", room.id, 10, b.id)
+        minutes = self.daemon.config.meetings.no_show_after / 60
+        log.warning("%s: no sign-in %g min after the start of %s", room.id, minutes, b.id)
         d.room_event(
             room.id,
             {

@@ -34,7 +34,7 @@ from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
 from .alerts import AlertBook
 from .attendance import Attendance
-from .checks import RoomChecker
+from .checks import RoomChecker, audio_devices, room_soundcheck
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
 from .meetings import MeetingPlanner
@@ -43,7 +43,6 @@ from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
 from .sinks.prometheus import HttpServer, Metrics
-from .soundcheck import soundcheck as run_soundcheck
 from .store import Pending, SigninRow, Store
 from .systemd import SdNotifier
 
@@ -758,20 +757,10 @@ class Daemon:
 
     async def soundcheck(self, room: Room) -> dict[str, Any]:
         """The room's sound check (mixer test signal → audio probe); an event either way."""
-        pollers = self.room_pollers.get(room.id, {}).values()
-        mixers = [p for p in pollers if isinstance(p.driver, MixerDriver)]
-        probes = [p for p in pollers if isinstance(p.driver, AudioProbeDriver)]
-        if not probes:
+        mixer, probe = audio_devices(self.room_pollers.get(room.id, {}).values())
+        if probe is None:
             raise CommandError(f"room {room.id} has no audio-probe device to measure with")
-        mixer = mixers[0] if mixers else None
-        probe = probes[0]
-        thresholds = probe.driver.expand_thresholds(room.device_thresholds(probe.config))
-        assert isinstance(probe.driver, AudioProbeDriver)
-        outcome = await run_soundcheck(
-            mixer.driver if mixer is not None and isinstance(mixer.driver, MixerDriver) else None,
-            probe.driver,
-            thresholds,
-        )
+        outcome = await room_soundcheck(room, mixer, probe)
         report = outcome.as_dict()
         report.update(mixer=mixer.config.id if mixer else None, probe=probe.config.id, room=room.id)
         event = {"type": "soundcheck", **report, "ts": iso(self.clock.time())}

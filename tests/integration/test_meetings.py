@@ -206,11 +206,18 @@ async def test_a_meeting_day_from_an_ics_file(
             await until(lambda: alert(rec, "r301._room.room_ready.not_ready_final") is None, 5,
                         "not-ready cleared")  # fmt: skip
 
-            # 09:45 pre-warm: the projector is already on since the level-3 check.
+            # 09:45 pre-warm: someone switched the projector off; roomd powers it on again.
+            proj.state.set_power(False)
+            await until(lambda: d.pollers[("r301", "proj")].readings.get("projector_power")
+                        == "off", 10, "projector off")  # fmt: skip
             await at(d, clock, 9.75)
             await until(lambda: len(events(rec, "prewarm")) == 1, 5, "prewarm")
-            assert events(rec, "prewarm")[0] == {**events(rec, "prewarm")[0], "done": [],
-                                                 "failed": [], "meeting": STANDUP}  # fmt: skip
+            warm = events(rec, "prewarm")[0]
+            assert warm["meeting"] == STANDUP and warm["failed"] == []
+            assert warm["done"] == ["proj: projector powering on"]
+            assert proj.state.power in ("warming", "on")
+            await until(lambda: d.pollers[("r301", "proj")].readings.get("projector_power")
+                        == "on", 10, "projector on")  # fmt: skip
 
             # 10:00 the meeting runs: a fault is one grade more severe (CO2: III → II).
             await at(d, clock, 10)
@@ -304,6 +311,7 @@ async def test_failover_to_the_backup_projector_and_no_switch_back(
                 f"{BASE}/r301/bookings",
                 [{"id": "m1", "start": "2026-11-23T10:00:00Z", "end": "2026-11-23T11:00:00Z",
                   "title": "Review", "organiser": "Ann", "attendees": 8, "class": "large"}],
+                retain=True,  # as booking systems do (contract): the daemon may subscribe later
             )  # fmt: skip
             await until(lambda: d.meetings.current("r301") is not None, 10, "bookings pushed")
             await until(lambda: all(p.online for p in d.pollers.values()), 10, "online")
@@ -330,7 +338,7 @@ async def test_failover_to_the_backup_projector_and_no_switch_back(
             assert spare.state.power in ("warming", "on")
 
             # A malformed bookings message: an alert naming the problem; the last good ones stay.
-            rec.publish(f"{BASE}/r301/bookings", b'[{"id": "x", "start": "soon"}]')
+            rec.publish(f"{BASE}/r301/bookings", b'[{"id": "x", "start": "soon"}]', retain=True)
             await until(lambda: alert(rec, "r301._room.bookings.error") is not None, 10,
                         "bookings alert")  # fmt: skip
             bad = alert(rec, "r301._room.bookings.error")
@@ -371,6 +379,7 @@ async def test_a_failed_microphone_channel_fails_over_to_its_backup_channel(
             rec.publish(
                 f"{BASE}/r301/bookings",
                 [{"id": "m1", "start": "2026-11-23T10:00:00Z", "end": "2026-11-23T11:00:00Z"}],
+                retain=True,
             )
             await until(lambda: d.meetings.current("r301") is not None, 10, "bookings pushed")
             d.meetings.tick()
