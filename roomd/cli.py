@@ -188,11 +188,18 @@ def cmd_signins_export(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
+    from .daemon.attendance import Attendance
+
     store = Store(cfg.state_dir)
     try:
         rows = store.signins(args.meeting)
     finally:
         store.close()
+    # Names are not in the store (STANDARD §5): they come from the rooms' rosters, here only.
+    attendance = Attendance(Attendance.load_secret(cfg.signins.secret_file, cfg.state_dir))
+    for room in cfg.rooms:
+        if room.config.roster is not None and any(r.room == room.id for r in rows):
+            attendance.load_roster(room.id, room.config.roster)
     if not rows:
         print(f"roomd signins export: no sign-ins for meeting {args.meeting!r}", file=sys.stderr)
         return 1
@@ -206,7 +213,7 @@ def cmd_signins_export(args: argparse.Namespace) -> int:
                     r.meeting,
                     r.room,
                     iso(r.ts),
-                    r.attendee or "unknown",
+                    attendance.attendee(r.room, r.card) or "unknown",
                     r.reader,
                     f"{r.latency * 1000:.1f}",
                 ]

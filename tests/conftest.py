@@ -181,3 +181,56 @@ async def until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "co
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+# ---- no packet leaves loopback ---------------------------------------------------------------
+# Every in-process socket's connect and sendto is checked: an address off this machine fails the
+# test at once, before anything is sent (addresses that look harmless, 192.0.2.x or 10.x, are
+# real hosts where the suite runs). Spawned processes only ever get 127.0.0.1 targets.
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_sendto = socket.socket.sendto
+
+
+class OffLoopback(AssertionError):
+    pass
+
+
+def _check_address(sock: socket.socket, address: Any) -> None:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # unix sockets (pcscd, NOTIFY_SOCKET) stay on the machine
+    host = address[0] if isinstance(address, tuple) else address
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        if host == "localhost":
+            return
+        raise OffLoopback(f"test tried to reach {host!r}: only loopback addresses") from None
+    if ip.is_loopback or (
+        isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped and ip.ipv4_mapped.is_loopback
+    ):
+        return
+    raise OffLoopback(f"test tried to reach {host}: only 127.0.0.0/8 and ::1 are allowed")
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    _check_address(self, address)
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    _check_address(self, address)
+    return _real_connect_ex(self, address)
+
+
+def _guarded_sendto(self: socket.socket, data: Any, *args: Any) -> int:
+    _check_address(self, args[-1])
+    return _real_sendto(self, data, *args)  # type: ignore[arg-type]
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.socket.sendto = _guarded_sendto  # type: ignore[method-assign,assignment]

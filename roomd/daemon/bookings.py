@@ -8,24 +8,38 @@ error into an alert for that room.
 from __future__ import annotations
 
 import asyncio
-import json
+import itertools
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .inbound import BOOKINGS_MAX_BYTES, InputRejected, load_json
+
 BookingClass = Literal["small", "large", "important"]
 CLASSES: tuple[BookingClass, ...] = ("small", "large", "important")
+MAX_BOOKINGS = 2000  # per source: a month of 15-minute slots; calendars are other people's files
+OFF_LOOP_BYTES = 64 * 1024  # larger sources are parsed in a worker thread
 
 
 class BookingError(ValueError):
     """A source or message that could not be used; the text names what was wrong."""
+
+
+@dataclass
+class Parsed:
+    bookings: list[Booking]
+    dropped: int = 0  # occurrences past the cap (`MAX_BOOKINGS`): the latest are dropped
+
+    def problem(self, limit: int) -> str | None:
+        if not self.dropped:
+            return None
+        return f"more than {limit} bookings; the first {limit} are used, {self.dropped}+ dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +119,33 @@ def _attendees(event: Any) -> int | None:
     return len(listed) if isinstance(listed, list) else 1
 
 
-def parse_ical(data: bytes, room: str, source: str, start: float, end: float) -> list[Booking]:
-    """Events overlapping [start, end), recurrences expanded. BookingError when unusable."""
+def parse_ical(
+    data: bytes, room: str, source: str, start: float, end: float, limit: int = MAX_BOOKINGS
+) -> Parsed:
+    """Events overlapping [start, end), recurrences expanded in start order and no further
+    than `limit` occurrences (an RRULE:FREQ=SECONDLY would otherwise make 86,400 a day).
+    BookingError when unusable."""
     try:
         calendar = icalendar.Calendar.from_ical(data)
-    except (ValueError, IndexError, KeyError) as exc:
-        raise BookingError(f"not an iCalendar file: {exc}") from None
+    except Exception as exc:  # icalendar raises ValueError, IndexError, KeyError, …
+        raise BookingError(f"not an iCalendar file: {type(exc).__name__}: {exc}") from None
+    if not isinstance(calendar, icalendar.Calendar):
+        raise BookingError("not an iCalendar file: no VCALENDAR")
     try:
-        events = recurring_ical_events.of(calendar).between(
-            datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
-        )
+        events: list[Any] = []
+        dropped = 0
+        # `after` yields in start order, expanding lazily: the cap bounds the work, not just
+        # the result.
+        for event in recurring_ical_events.of(calendar).after(datetime.fromtimestamp(start, UTC)):
+            begin_prop = event.get("DTSTART")
+            if begin_prop is not None and _epoch(begin_prop.dt) >= end:
+                break
+            if len(events) >= limit:
+                dropped = 1
+                break
+            events.append(event)
+    except BookingError:
+        raise
     except Exception as exc:  # the library raises its own types for bad RRULEs and dates
         raise BookingError(f"cannot expand the calendar: {type(exc).__name__}: {exc}") from None
     # A moved occurrence (RECURRENCE-ID) may omit organiser, class and attendees: its series'
@@ -166,7 +197,7 @@ def parse_ical(data: bytes, room: str, source: str, start: float, end: float) ->
                 source=source,
             )
         )
-    return sorted(out, key=lambda b: b.start)
+    return Parsed(sorted(out, key=lambda b: b.start), dropped)
 
 
 class _PushedBooking(BaseModel):
@@ -188,18 +219,18 @@ class _PushedBooking(BaseModel):
         return value
 
 
-def parse_bookings_message(payload: bytes, room: str) -> list[Booking]:
+def parse_bookings_message(payload: bytes, room: str, limit: int = MAX_BOOKINGS) -> Parsed:
     """The retained JSON list on `{prefix}/{site}/{room}/bookings`. An empty payload: none."""
     if not payload.strip():
-        return []
+        return Parsed([])
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BookingError(f"not JSON: {exc}") from None
+        data = load_json(payload, max_bytes=BOOKINGS_MAX_BYTES)
+    except InputRejected as exc:
+        raise BookingError(str(exc)) from None
     if not isinstance(data, list):
         raise BookingError("expected a JSON list of bookings")
     out = []
-    for i, item in enumerate(data):
+    for i, item in enumerate(itertools.islice(data, limit)):
         try:
             b = _PushedBooking.model_validate(item)
         except ValidationError as exc:
@@ -221,16 +252,30 @@ def parse_bookings_message(payload: bytes, room: str) -> list[Booking]:
                 "mqtt",
             )
         )
-    return sorted(out, key=lambda b: b.start)
+    return Parsed(sorted(out, key=lambda b: b.start), max(0, len(data) - limit))
+
+
+MAX_CALENDAR_BYTES = 8 * 1024 * 1024
 
 
 def _fetch(source: str, timeout: float) -> bytes:
     if source.startswith(("http://", "https://")):
         request = urllib.request.Request(source, headers={"User-Agent": "roomd"})
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            data: bytes = response.read(8 * 1024 * 1024)
-            return data
-    return Path(source).read_bytes()
+            data: bytes = response.read(MAX_CALENDAR_BYTES + 1)
+    else:
+        with open(source, "rb") as f:
+            data = f.read(MAX_CALENDAR_BYTES + 1)
+    if len(data) > MAX_CALENDAR_BYTES:
+        raise BookingError(f"larger than {MAX_CALENDAR_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
+def _fetch_and_parse(
+    source: str, room: str, start: float, end: float, limit: int, timeout: float
+) -> Parsed:
+    """In a worker thread: reading a URL blocks, and a large calendar takes a while to parse."""
+    return parse_ical(_fetch(source, timeout), room, source, start, end, limit)
 
 
 @dataclass
@@ -255,15 +300,17 @@ class RoomBookings:
                 merged.setdefault(b.id, b)
         return sorted(merged.values(), key=lambda b: b.start)
 
-    async def refresh(self, now: float, horizon: float, timeout: float = 10.0) -> None:
+    async def refresh(
+        self, now: float, horizon: float, limit: int = MAX_BOOKINGS, timeout: float = 10.0
+    ) -> None:
         """Re-read every calendar source; [now − 1 day, now + horizon] is expanded."""
         for source in self.sources:
             try:
-                data = await asyncio.to_thread(_fetch, source, timeout)
-                self.by_source[source] = parse_ical(
-                    data, self.room, source, now - 86400, now + horizon
+                parsed = await asyncio.to_thread(
+                    _fetch_and_parse, source, self.room, now - 86400, now + horizon, limit, timeout
                 )
-                self.errors.pop(source, None)
+                self.by_source[source] = parsed.bookings
+                self._note(source, parsed.problem(limit), source)
             except BookingError as exc:
                 self.errors[source] = f"{source}: {exc}"
             except urllib.error.HTTPError as exc:
@@ -272,12 +319,21 @@ class RoomBookings:
                 reason = getattr(exc, "reason", None) or exc.strerror or exc
                 self.errors[source] = f"{source}: cannot read: {reason}"
 
-    def push(self, payload: bytes) -> None:
-        try:
-            self.by_source["mqtt"] = parse_bookings_message(payload, self.room)
-            self.errors.pop("mqtt", None)
-        except BookingError as exc:
-            self.errors["mqtt"] = f"bookings message: {exc}"
+    def _note(self, source: str, problem: str | None, label: str) -> None:
+        if problem:
+            self.errors[source] = f"{label}: {problem}"
+        else:
+            self.errors.pop(source, None)
+
+    def push(self, payload: bytes, limit: int = MAX_BOOKINGS) -> None:
+        self.pushed_result(parse_push(payload, self.room, limit), limit)
+
+    def pushed_result(self, parsed: Parsed | BookingError, limit: int) -> None:
+        if isinstance(parsed, BookingError):
+            self.errors["mqtt"] = f"bookings message: {parsed}"
+        else:
+            self.by_source["mqtt"] = parsed.bookings
+            self._note("mqtt", parsed.problem(limit), "bookings message")
         self.pushed = True
 
     def current(self, now: float) -> Booking | None:
@@ -291,3 +347,10 @@ class RoomBookings:
             if b.start > now:
                 return b
         return None
+
+
+def parse_push(payload: bytes, room: str, limit: int) -> Parsed | BookingError:
+    try:
+        return parse_bookings_message(payload, room, limit)
+    except BookingError as exc:
+        return exc

@@ -6,6 +6,7 @@ models are checked here, profiles and device models are loaded here.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
@@ -16,13 +17,44 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ..drivers import driver_class, known_drivers
-from ..drivers.base import DeviceConfig
+from ..drivers.base import DeviceConfig, DriverContext
 from .attendance import check_roster
+from .authz import AuthorizationConfig
 from .profiles import ProfileError, Threshold, ThresholdOverride, load_profile, merge_threshold
 from .units import Duration
 from .yamlpos import Loc, Located, YamlSyntaxError, load_located
 
 _ID = r"^[a-z0-9_-]+$"
+# Contract §4 and the room-level readings: metrics a threshold may name even when no
+# configured device produces them yet.
+KNOWN_METRICS = frozenset(
+    {
+        "temperature_c",
+        "humidity_pct",
+        "co2_ppm",
+        "illuminance_lux",
+        "color_temp_k",
+        "sound_level_db",
+        "snr_db",
+        "audio_dropouts",
+        "projector_power",
+        "lamp_hours",
+        "filter_hours",
+        "input_resolution",
+        "signin_latency_s",
+        "attendees",
+        "area_per_person_m2",
+        "link_mbps",
+        "wifi_rssi_dbm",
+        "online",
+        "air_changes_per_hour",
+        "signin_latency_p95_seconds",
+        "room_ready",
+        "room_sealed",
+        "bookings",
+        "days_since_inspection",
+    }
+)
 ROOM_DEVICE = "_room"  # the device part of room-level readings and alerts (attendees, …)
 DEFAULT_PATHS = ("./roomd.yaml", "/etc/roomd/roomd.yaml")
 
@@ -107,6 +139,9 @@ class SigninsConfig(_Strict):
     secret_file: Path | None = None  # HMAC key for card hashes; generated in state_dir if absent
     retention: Duration = 730 * 86400.0
     min_for_p95: int = Field(20, ge=1)  # sign-ins in a meeting before its p95 is judged
+    # STANDARD §5: the attendee list is "very high" confidentiality. Names go on the shared
+    # `events` topic only when this is set; otherwise events say `known: true|false`.
+    publish_names: bool = False
 
 
 class EscalationConfig(_Strict):
@@ -134,6 +169,8 @@ class MeetingsConfig(_Strict):
     shutdown_gap: Duration = 1800.0  # no shutdown when the next meeting starts within this
     calendar_refresh: Duration = 300.0
     horizon: Duration = 2 * 86400.0  # how far ahead calendars are expanded
+    # Occurrences per source at most (a calendar with RRULE:FREQ=SECONDLY); more → an alert.
+    max_bookings: int = Field(2000, ge=1, le=100_000)
     failover: bool = True
 
     @field_validator("check_levels")
@@ -174,6 +211,9 @@ class _SiteModel(_Strict):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     meetings: MeetingsConfig = Field(default_factory=MeetingsConfig)
+    # Who may command which room and device, and push bookings (daemon/authz.py). Absent: any
+    # broker client that can publish to the command topics is obeyed (a warning at start).
+    authorization: AuthorizationConfig | None = None
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -210,6 +250,7 @@ class SiteConfig:
     escalation: EscalationConfig
     meetings: MeetingsConfig
     rooms: tuple[Room, ...]
+    authorization: AuthorizationConfig | None = None
 
     def room(self, room_id: str) -> Room | None:
         return next((r for r in self.rooms if r.id == room_id), None)
@@ -311,18 +352,49 @@ class _Collector:
         return node
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def load_config(path: Path | str) -> SiteConfig:
     """Read and validate a site config. Raises ConfigError with every problem found."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([ConfigIssue(str(path), 0, "(file)", exc.strerror or str(exc))]) from None
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", _not_found(path, exc))]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", "larger than 16 MiB")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start : exc.start + 1].hex()
+        message = f"not UTF-8: byte 0x{byte} (save the file as UTF-8)"
+        raise ConfigError([ConfigIssue(str(path), line, "(file)", message)]) from None
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        message = f"control character U+{ord(bad.group()):04X} is not allowed in YAML"
+        raise ConfigError([ConfigIssue(str(path), line, "(file)", message)])
     try:
         doc = load_located(text)
     except YamlSyntaxError as exc:
         raise ConfigError([ConfigIssue(str(path), exc.line, "(yaml)", exc.message)]) from None
     return _validate(path, doc)
+
+
+def _not_found(path: Path, exc: OSError) -> str:
+    why = exc.strerror or str(exc)
+    if not isinstance(exc, FileNotFoundError) or os.environ.get("ROOMD_CONFIG"):
+        return why
+    looked = ", ".join(["$ROOMD_CONFIG (not set)", *DEFAULT_PATHS])
+    return (
+        f"{why}; looked in {looked}. To start, write a config that polls simulated devices: "
+        "roomd simulate --write-config roomd.yaml (then roomd run -c roomd.yaml), "
+        "or see docs/contract.md §2"
+    )
 
 
 def _validate(path: Path, doc: Located) -> SiteConfig:
@@ -333,6 +405,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
     for loc, _line in doc.duplicates:
         c.add(loc, "duplicate key")
     data = c.expand_env(doc.data)
+    _duplicate_ids(c, data)
     try:
         site = _SiteModel.model_validate(data)
     except ValidationError as exc:
@@ -349,44 +422,31 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
     if secret is not None and not os.access(secret, os.R_OK):
         c.add(("signins", "secret_file"), f"cannot read {secret}")
     rooms: list[Room] = []
-    seen_rooms: dict[str, int] = {}
     for ri, room in enumerate(site.rooms):
         rloc: Loc = ("rooms", ri)
-        if room.id in seen_rooms:
-            c.add(
-                (*rloc, "id"), f"duplicate room id {room.id!r} (also rooms[{seen_rooms[room.id]}])"
-            )
-        seen_rooms.setdefault(room.id, ri)
         profile_name = room.profile or site.profile
         try:
             profile = load_profile(profile_name)
         except ProfileError as exc:
             c.add((*rloc, "profile") if room.profile else ("profile",), str(exc))
             continue
-        _check_overrides(c, room.thresholds, profile.thresholds, (*rloc, "thresholds"))
+        known = set(profile.thresholds) | KNOWN_METRICS | _produced(room.devices)
+        _check_overrides(c, room.thresholds, profile.thresholds, (*rloc, "thresholds"), known)
         try:
             thresholds = profile.with_overrides(room.thresholds)
         except ValidationError as exc:
             c.add_validation(exc, (*rloc, "thresholds"))
             continue
         devices: list[DeviceConfig] = []
-        seen_devices: dict[str, int] = {}
         placed: list[tuple[int, DeviceConfig]] = []  # with the index in the file
         for di, raw in enumerate(room.devices):
             dloc: Loc = (*rloc, "devices", di)
             device = _device(c, raw, dloc)
             if device is None:
                 continue
-            if device.id in seen_devices:
-                c.add(
-                    (*dloc, "id"),
-                    f"duplicate device id {device.id!r} in room {room.id!r} "
-                    f"(also devices[{seen_devices[device.id]}])",
-                )
-            seen_devices.setdefault(device.id, di)
             if device.id == ROOM_DEVICE:
                 c.add((*dloc, "id"), f"{ROOM_DEVICE!r} is reserved for room-level readings")
-            _check_overrides(c, device.thresholds, thresholds, (*dloc, "thresholds"))
+            _check_overrides(c, device.thresholds, thresholds, (*dloc, "thresholds"), known)
             devices.append(device)
             placed.append((di, device))
         ids = {d.id for d in devices}
@@ -416,7 +476,40 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         escalation=site.escalation,
         meetings=site.meetings,
         rooms=tuple(rooms),
+        authorization=site.authorization,
     )
+
+
+def _duplicate_ids(c: _Collector, data: Any) -> None:
+    """Duplicate room and device ids, found on the raw document so that they are reported
+    with every other problem, whatever else is wrong."""
+    rooms = data.get("rooms") if isinstance(data, dict) else None
+    if not isinstance(rooms, list):
+        return
+    seen_rooms: dict[str, int] = {}
+    for ri, room in enumerate(rooms):
+        if not isinstance(room, dict):
+            continue
+        rid = room.get("id")
+        if isinstance(rid, str):
+            if rid in seen_rooms:
+                c.add(
+                    ("rooms", ri, "id"),
+                    f"duplicate room id {rid!r} (also rooms[{seen_rooms[rid]}])",
+                )
+            seen_rooms.setdefault(rid, ri)
+        devices = room.get("devices")
+        seen: dict[str, int] = {}
+        for di, dev in enumerate(devices if isinstance(devices, list) else []):
+            did = dev.get("id") if isinstance(dev, dict) else None
+            if not isinstance(did, str):
+                continue
+            if did in seen:
+                c.add(
+                    ("rooms", ri, "devices", di, "id"),
+                    f"duplicate device id {did!r} in room {rid!r} (also devices[{seen[did]}])",
+                )
+            seen.setdefault(did, di)
 
 
 def _device(c: _Collector, raw: Any, loc: Loc) -> DeviceConfig | None:
@@ -438,10 +531,37 @@ def _device(c: _Collector, raw: Any, loc: Loc) -> DeviceConfig | None:
         return None
 
 
+def _produced(devices: list[dict[str, Any]]) -> set[str]:
+    """Metric names the room's devices produce (a driver built from its config does no I/O)."""
+    out: set[str] = set()
+    for raw in devices:
+        cls = driver_class(str(raw.get("driver"))) if isinstance(raw, dict) else None
+        if cls is None:
+            continue
+        try:
+            out.update(cls(cls.config_model.model_validate(raw), DriverContext()).metrics)
+        except Exception:  # reported against the device itself
+            continue
+    return out
+
+
 def _check_overrides(
-    c: _Collector, overrides: dict[str, ThresholdOverride], base: dict[str, Threshold], loc: Loc
+    c: _Collector,
+    overrides: dict[str, ThresholdOverride],
+    base: dict[str, Threshold],
+    loc: Loc,
+    known: set[str],
 ) -> None:
     for metric, override in overrides.items():
+        if metric not in known:
+            close = difflib.get_close_matches(metric, sorted(known), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            c.add(
+                (*loc, metric),
+                f"unknown metric {metric!r}{hint} (no device here produces it, so this "
+                f"threshold would never apply)",
+            )
+            continue
         if (
             metric not in base
             and override.min is None

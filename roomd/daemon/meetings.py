@@ -19,17 +19,20 @@ from typing import TYPE_CHECKING, Any
 from ..drivers.base import CommandError, DeviceError, Readings
 from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
-from .bookings import Booking, RoomBookings
+from .bookings import OFF_LOOP_BYTES, Booking, RoomBookings, parse_push
 from .checks import render_html
 from .clock import iso
 from .config import ROOM_DEVICE, Room, SiteConfig
+from .inbound import LogLimiter
 from .model import Transition
+from .private import private_dir, write_private
 from .store import UsageRow
 
 if TYPE_CHECKING:
     from .supervisor import Daemon, Poller
 
 log = logging.getLogger("roomd.meetings")
+_limited = LogLimiter(log)
 
 STALE = 900.0  # a shutdown or record more than this late (the daemon was down) is skipped
 CHANNEL_METRIC = re.compile(r"^ch(\d\d)_")
@@ -45,6 +48,7 @@ class MeetingPlanner:
         self.failed_over: set[tuple[str, str]] = set()  # (booking id, primary)
         self._last_tick: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._push_seq: dict[str, int] = {}
         self.configure(daemon.config)
 
     # ---- config and bookings -----------------------------------------------------------------
@@ -67,7 +71,9 @@ class MeetingPlanner:
     async def refresh(self) -> None:
         cfg = self.daemon.config.meetings
         now = self.daemon.clock.time()
-        await asyncio.gather(*(rb.refresh(now, cfg.horizon) for rb in self.rooms.values()))
+        await asyncio.gather(
+            *(rb.refresh(now, cfg.horizon, cfg.max_bookings) for rb in self.rooms.values())
+        )
         for room_id in self.rooms:
             self._report_sources(room_id)
         # Forget what was done for bookings that left the calendars' window.
@@ -78,10 +84,24 @@ class MeetingPlanner:
     def on_bookings_message(self, room_id: str, payload: bytes) -> None:
         rb = self.rooms.get(room_id)
         if rb is None:
-            log.warning("bookings for unknown room %r ignored", room_id)
+            _limited(logging.WARNING, "unknown-room", "bookings for unknown room %r", room_id)
             return
-        rb.push(payload)
-        self._report_sources(room_id)
+        limit = self.daemon.config.meetings.max_bookings
+        if len(payload) <= OFF_LOOP_BYTES:
+            rb.push(payload, limit)
+            self._report_sources(room_id)
+            self.tick()
+            return
+        # A large list is parsed in a worker thread; a newer push supersedes one still parsing.
+        seq = self._push_seq[room_id] = self._push_seq.get(room_id, 0) + 1
+        self._spawn(self._push_off_loop(rb, payload, limit, seq), f"bookings:{room_id}")
+
+    async def _push_off_loop(self, rb: RoomBookings, payload: bytes, limit: int, seq: int) -> None:
+        parsed = await asyncio.to_thread(parse_push, payload, rb.room, limit)
+        if self._push_seq.get(rb.room) != seq or self.rooms.get(rb.room) is not rb:
+            return
+        rb.pushed_result(parsed, limit)
+        self._report_sources(rb.room)
         self.tick()
 
     def _report_sources(self, room_id: str) -> None:
@@ -89,7 +109,13 @@ class MeetingPlanner:
         value = "error" if rb.errors else "ok"
         detail = "; ".join(rb.errors.values())
         if rb.errors:
-            log.warning("%s: bookings: %s (keeping the last good bookings)", room_id, detail)
+            _limited(
+                logging.WARNING,
+                f"bookings:{room_id}:{detail[:80]}",
+                "%s: bookings: %s (keeping the last good bookings)",
+                room_id,
+                detail,
+            )
         self.daemon.room_reading(room_id, {"bookings": value if rb.known else None}, detail)
 
     # ---- queries -----------------------------------------------------------------------------
@@ -271,14 +297,15 @@ class MeetingPlanner:
     def _save(self, room: Room, report: dict[str, Any]) -> None:
         folder = Path(self.daemon.config.state_dir) / "checks" / room.id
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder.parent)
+            private_dir(folder)
             stem = f"{report['ts'][:19].replace(':', '')}-L{report['level']}"
             n = 1
             while (folder / f"{stem}.json").exists():  # two checks in one second
                 n += 1
                 stem = f"{stem.split('.')[0]}.{n}"
-            (folder / f"{stem}.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-            (folder / f"{stem}.html").write_text(render_html(report), encoding="utf-8")
+            write_private(folder / f"{stem}.json", json.dumps(report, indent=1))
+            write_private(folder / f"{stem}.html", render_html(report))
         except OSError as exc:
             log.error("%s: cannot save the check report: %s", room.id, exc)
 

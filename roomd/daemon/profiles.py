@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 from functools import cache, cached_property
@@ -186,6 +187,35 @@ class ModelWrite(_Strict):
     type: RegisterType = "uint16"
     scale: float = 1.0
     value: float | None = None
+    # What a command may write, in engineering units (e.g. a setpoint 16–30 °C). Without
+    # them, anything the register type can hold.
+    min: float | None = None
+    max: float | None = None
+
+    def registers(self, value: float) -> list[int]:
+        """The register words for `value`; ValueError naming the allowed range otherwise."""
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
+        if (self.min is not None and value < self.min) or (
+            self.max is not None and value > self.max
+        ):
+            lo_s = "" if self.min is None else f"{self.min:g}"
+            hi_s = "" if self.max is None else f"{self.max:g}"
+            raise ValueError(f"{value:g} is outside the model's range [{lo_s}, {hi_s}]")
+        raw: float = value / self.scale
+        if self.type == "float32":
+            if not math.isfinite(raw) or abs(raw) > 3.4e38:
+                raise ValueError(f"{value:g} does not fit a float32 register")
+        else:
+            lo, hi = _RANGE[self.type]
+            if not math.isfinite(raw) or not lo <= round(raw) <= hi:
+                raise ValueError(
+                    f"{value:g} does not fit the {self.type} register "
+                    f"({lo * self.scale:g} to {hi * self.scale:g})"
+                )
+            raw = round(raw)
+        packed = struct.pack(">" + _STRUCT[self.type], raw)
+        return list(struct.unpack(f">{_WIDTH[self.type]}H", packed))
 
 
 class DeviceModel(_Strict):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .model import Alert, Transition
+from .private import private_dir, private_file
 
 
 @dataclass(slots=True, frozen=True)
@@ -57,8 +58,9 @@ class UsageRow:
 
 class Store:
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "state.db"
+        private_dir(state_dir)
+        # SQLite gives the -wal and -shm files the database file's mode: 0600 for all three.
+        self.path = private_file(state_dir / "state.db")
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash (the failure we design for); a power cut
@@ -72,7 +74,8 @@ class Store:
                 topic TEXT NOT NULL, payload BLOB NOT NULL,
                 retain INTEGER NOT NULL, qos INTEGER NOT NULL);
             -- Sign-in records: a card is stored only as a keyed hash (HMAC-SHA256 with the
-            -- site secret), an attendee's name only when the roster supplies it.
+            -- site secret). `attendee` is always NULL: names stay in the roster file and are
+            -- joined only by `roomd signins export` (the column is kept for old databases).
             CREATE TABLE IF NOT EXISTS signins (
                 id INTEGER PRIMARY KEY, meeting TEXT NOT NULL, room TEXT NOT NULL,
                 reader TEXT NOT NULL, card TEXT NOT NULL, attendee TEXT,
@@ -91,6 +94,8 @@ class Store:
             CREATE INDEX IF NOT EXISTS usage_start ON usage (start);
             """
         )
+        # Databases written before names were kept out of the store: scrub them once.
+        self.db.execute("UPDATE signins SET attendee = NULL WHERE attendee IS NOT NULL")
         self._depth = self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def active_alerts(self) -> list[Alert]:

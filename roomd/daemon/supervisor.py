@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -34,9 +33,11 @@ from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
 from .alerts import AlertBook
 from .attendance import Attendance
+from .authz import ANONYMOUS, Authorizer, Principal, Refused
 from .checks import RoomChecker, audio_devices, room_soundcheck
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
+from .inbound import COMMAND_MAX_BYTES, InputRejected, LogLimiter, load_json
 from .meetings import MeetingPlanner
 from .model import Transition
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
@@ -47,6 +48,7 @@ from .store import Pending, SigninRow, Store
 from .systemd import SdNotifier
 
 log = logging.getLogger("roomd")
+_limited = LogLimiter(log)
 
 RETRY_CAP = 60.0  # seconds: longest wait between retries of an offline device
 STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this often
@@ -110,16 +112,19 @@ class Daemon:
         self.sealed_rooms: set[str] = set()
         self.checker = RoomChecker(self)
         self.meetings = MeetingPlanner(self)
-        self.mqtt.on_bookings = self.meetings.on_bookings_message
+        self.mqtt.on_bookings = self._on_bookings
+        self.mqtt.on_rejected = lambda kind: self.metrics.input_rejected.labels(
+            config.site, kind
+        ).inc()
+        self.authz = Authorizer(config.authorization, config.mqtt.username)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Run until stop(). Sinks start before sources."""
         cfg = self.config
-        secret = cfg.mqtt.password_file or cfg.mqtt.password
-        if secret and not cfg.mqtt.tls and cfg.mqtt.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("mqtt: sending a password without TLS to %s; use mqtts://", cfg.mqtt.host)
+        for warning in startup_warnings(cfg):
+            log.warning("%s", warning)
         await self.http.start()
         await self.mqtt.start()
         self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
@@ -481,14 +486,16 @@ class Daemon:
             "type": "signin",
             "meeting": meeting,
             "reader": p.config.id,
-            "attendee": name,
             "known": name is not None,
             "attendees": len(cards) + 1,
             "ts": iso(ts),
         }
+        if self.config.signins.publish_names:  # STANDARD §5: an explicit opt-in
+            event["attendee"] = name
         latency = time.perf_counter() - read_at
         event["latency_ms"] = round(latency * 1000, 3)
-        row = SigninRow(meeting, room.id, p.config.id, card, name, ts, latency)
+        # The name is not stored: the roster keeps it, `roomd signins export` joins it.
+        row = SigninRow(meeting, room.id, p.config.id, card, None, ts, latency)
         if not self.store.record_signin(row, [self.mqtt.event(room.id, event)]):
             log.info("%s: card already signed in to %s", room.id, meeting)
             return
@@ -643,51 +650,68 @@ class Daemon:
 
     # ---- commands ----------------------------------------------------------------------------
 
-    def _on_command(self, kind: str, room: str | None, device: str | None, payload: bytes) -> None:
+    def _on_command(
+        self, room: str | None, device: str | None, payload: bytes, by: str | None
+    ) -> None:
+        """A message on a command topic: bounded, parsed, its sender identified and authorised,
+        then run as a task. Anything refused gets `ok:false` with the reason, and is counted."""
         base = self.mqtt.base
-        result_topic = (
-            f"{base}/_daemon/cmd/result"
-            if kind == "_daemon"
-            else f"{base}/{room}/{device}/cmd/result"
-        )
+        topic = f"{base}/_daemon/cmd" if room is None else f"{base}/{room}/{device}/cmd"
+        result_topic = f"{topic}/result"
+        cmd_id: Any = None
         try:
-            msg = json.loads(payload)
+            try:
+                msg = load_json(payload, max_bytes=COMMAND_MAX_BYTES)
+            except InputRejected as exc:
+                self.metrics.input_rejected.labels(self.config.site, "command").inc()
+                raise Refused("malformed", f"bad command: {exc}") from None
             if not isinstance(msg, dict):
-                raise ValueError("a command must be a JSON object")
-            name = msg.get("command")
-            args = msg.get("args", {})
-            if not isinstance(name, str):
-                raise ValueError("command: missing or not a string")
+                raise Refused("malformed", "bad command: a command must be a JSON object")
+            cmd_id = msg.get("id")
+            if not isinstance(cmd_id, str | int | None) or isinstance(cmd_id, bool):
+                cmd_id = None
+                raise Refused("malformed", "bad command: id: must be a string or a number")
+            name, args = msg.get("command"), msg.get("args", {})
+            if not isinstance(name, str) or not name or len(name) > 64:
+                raise Refused("malformed", "bad command: command: missing or not a short string")
             if not isinstance(args, dict):
-                raise ValueError("args: must be an object")
-        except (ValueError, UnicodeDecodeError) as exc:
+                raise Refused("malformed", "bad command: args: must be an object")
+            who = self.authz.identify(topic, by, msg)
+            if room is None:
+                self.authz.site_command(who, name)
+                self._spawn(self._daemon_command(result_topic, cmd_id, name, args, who))
+                return
+            if not self.owns_room(room):
+                return  # another instance's room (sharded sites): not ours to answer
+            poller = self.pollers.get((room, str(device)))
+            if poller is None:
+                raise Refused("no_device", f"no device {room}/{device}")
+            self.authz.device_command(who, room, poller.config.id, poller.driver.kind, name)
+        except Refused as exc:
+            self.metrics.commands_refused.labels(self.config.site, exc.reason).inc()
+            _limited(logging.WARNING, f"refused:{exc.reason}:{by}", "command refused: %s", exc)
             self.mqtt.publish_now(
                 result_topic,
-                {
-                    "id": None,
-                    "ok": False,
-                    "error": f"bad command: {exc}",
-                    "ts": iso(self.clock.time()),
-                },
-            )
-            return
-        cmd_id = msg.get("id")
-        if kind == "_daemon":
-            self._spawn(self._daemon_command(result_topic, cmd_id, name, args))
-            return
-        poller = self.pollers.get((str(room), str(device)))
-        if poller is None:
-            self.mqtt.publish_now(
-                result_topic,
-                {
-                    "id": cmd_id,
-                    "ok": False,
-                    "error": f"no device {room}/{device}",
-                    "ts": iso(self.clock.time()),
-                },
+                {"id": cmd_id, "ok": False, "error": str(exc), "ts": iso(self.clock.time())},
             )
             return
         self._spawn(self._device_command(poller, result_topic, cmd_id, name, args))
+
+    def _on_bookings(self, room: str, payload: bytes, by: str | None) -> None:
+        """A bookings list pushed by a booking system: only from the sources allowed to."""
+        if not self.owns_room(room):
+            return
+        who = Principal(by, "topic") if by else Principal(ANONYMOUS, "none")
+        try:
+            self.authz.bookings(who)
+        except Refused as exc:
+            self.metrics.commands_refused.labels(self.config.site, exc.reason).inc()
+            _limited(logging.WARNING, f"bookings:{who.name}", "%s: bookings refused: %s", room, exc)
+            return
+        self.meetings.on_bookings_message(room, payload)
+
+    def owns_room(self, room_id: str) -> bool:
+        return room_id in self.room_pollers or self.config.room(room_id) is not None
 
     async def _device_command(
         self, p: Poller, topic: str, cmd_id: Any, name: str, args: dict[str, Any]
@@ -716,16 +740,19 @@ class Daemon:
         self.emit([], [self.mqtt.event(p.room.id, event)])
 
     async def _daemon_command(
-        self, topic: str, cmd_id: Any, name: str, args: dict[str, Any]
+        self, topic: str, cmd_id: Any, name: str, args: dict[str, Any], who: Principal
     ) -> None:
         result: dict[str, Any] = {"id": cmd_id}
         if name == "ack":
             alert_id = args.get("alert")
-            t = (
-                self.book.acknowledge(str(alert_id), by=str(args.get("by", "")))
-                if alert_id
-                else None
-            )
+            # `by` is who the broker or a signature says sent it; a name in args is only a
+            # claim, kept beside it (e.g. the technician at the shared console).
+            claimed = str(args.get("by", ""))[:64]
+            if who.how == "none":
+                by = f"{claimed} (unverified)" if claimed else "anonymous"
+            else:
+                by = who.name if not claimed or claimed == who.name else f"{who.name} ({claimed})"
+            t = self.book.acknowledge(str(alert_id), by=by) if alert_id else None
             if t is None:
                 result.update(ok=False, error=f"no active alert {alert_id!r}")
             else:
@@ -860,6 +887,20 @@ class Daemon:
 
 class _Stop(Exception):
     pass
+
+
+def startup_warnings(cfg: SiteConfig) -> list[str]:
+    """Risks in a valid config worth a line at start (checked without connecting anywhere)."""
+    out = []
+    secret = cfg.mqtt.password_file or cfg.mqtt.password
+    if secret and not cfg.mqtt.tls and cfg.mqtt.host not in ("127.0.0.1", "localhost", "::1"):
+        out.append(f"mqtt: sending a password without TLS to {cfg.mqtt.host}; use mqtts://")
+    if cfg.authorization is None:
+        out.append(
+            "authorization: not configured: any broker client that can publish to the command "
+            "topics drives devices and pushes bookings; see docs/operations.md"
+        )
+    return out
 
 
 def state_dir_writable(path: Path) -> str | None:

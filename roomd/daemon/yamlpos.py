@@ -8,6 +8,9 @@ from typing import Any
 import yaml
 
 Loc = tuple[str | int, ...]
+# Values in one document at most, counting every use of an alias: a "billion laughs" file
+# (aliases of aliases) expands exponentially and is stopped here instead of eating the memory.
+MAX_NODES = 200_000
 
 
 @dataclass
@@ -17,6 +20,7 @@ class Located:
     data: Any
     lines: dict[Loc, int] = field(default_factory=dict)
     duplicates: list[tuple[Loc, int]] = field(default_factory=list)
+    nodes: int = 0
 
     def line_of(self, loc: Loc) -> int:
         """Line of `loc`, or of its nearest ancestor that exists in the file."""
@@ -48,11 +52,21 @@ def load_located(text: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlSyntaxError(line, f"{exc.problem or exc}") from None
+    except yaml.YAMLError as exc:  # ReaderError and the like: no mark, a position at best
+        raise YamlSyntaxError(1, str(exc)) from None
+    except RecursionError:
+        raise YamlSyntaxError(1, "nested too deeply") from None
     finally:
         loader.dispose()
 
 
 def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Loc, out: Located) -> Any:
+    out.nodes += 1
+    if out.nodes > MAX_NODES:
+        raise YamlSyntaxError(
+            node.start_mark.line + 1,
+            f"more than {MAX_NODES} values once aliases are expanded (an alias bomb?)",
+        )
     out.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..daemon.checktypes import CheckContext, CheckItem
 from ..daemon.profiles import Threshold, ThresholdOverride
@@ -34,6 +34,23 @@ class DeviceConfig(BaseModel):
     last_inspected: date | None = None  # STANDARD §4: every device inspected once a quarter
     # STANDARD §3: on a fault during a meeting, switch to this device of the same room at once.
     backup: str | None = Field(None, pattern=_ID)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tcp_port(cls, data: Any) -> Any:
+        """`host: h` + `port: 15021` (a number) means TCP port 15021 on h: folded into `host`,
+        which every network driver reads as HOST[:PORT]."""
+        if not isinstance(data, dict):
+            return data
+        host, port = data.get("host"), data.get("port")
+        if not isinstance(host, str) or not isinstance(port, int) or isinstance(port, bool):
+            return data
+        if not 0 < port < 65536:
+            raise ValueError(f"port: {port} is not a TCP port (1 to 65535)")
+        if "]:" in host or (host.count(":") == 1 and host.rpartition(":")[2].isdigit()):
+            raise ValueError(f"give the TCP port once: in `host` ({host}) or as `port`")
+        name = f"[{host.strip('[]')}]" if ":" in host else host
+        return {k: v for k, v in data.items() if k != "port"} | {"host": f"{name}:{port}"}
 
 
 def split_host(value: str, default_port: int) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +21,7 @@ from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadInputRegistersRequest,
+    WriteMultipleRegistersRequest,
     WriteSingleRegisterRequest,
 )
 
@@ -413,11 +415,16 @@ class ModbusDriver(Driver):
         target = spec.value if value is None else value
         if target is None:
             raise CommandError(f"write {name!r} needs a value")
-        raw = round(target / spec.scale)
-        if spec.type == "int16" and raw < 0:
-            raw += 1 << 16
-        await self._request(WriteSingleRegisterRequest(address=spec.address, registers=[raw]))
-        return raw
+        try:
+            words = spec.registers(float(target))
+        except (ValueError, OverflowError) as exc:
+            raise CommandError(f"write {name!r}: {exc}") from None
+        if len(words) == 1:
+            request: ModbusPDU = WriteSingleRegisterRequest(address=spec.address, registers=words)
+        else:
+            request = WriteMultipleRegistersRequest(address=spec.address, registers=words)
+        await self._request(request)
+        return words[0] if len(words) == 1 else int.from_bytes(struct.pack(">2H", *words))
 
     async def shutdown(self) -> str | None:
         """After the meeting: the model's unoccupied setpoint, where it defines one."""
@@ -433,7 +440,9 @@ class ModbusDriver(Driver):
             if not isinstance(reg, str):
                 raise CommandError("args.register: the name of a write in the device model")
             value = args.get("value")
-            if value is not None and not isinstance(value, int | float):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
                 raise CommandError("args.value: a number")
             try:
                 raw = await self.write(reg, value)

@@ -102,6 +102,7 @@ async def test_pcsc_sign_in_through_the_daemon(
             "mqtt": {"url": mosquitto.url},
             "http": {"listen": f"127.0.0.1:{free_port()}"},
             "state_dir": str(tmp_path / "state"),
+            "signins": {"publish_names": True},  # the explicit opt-in (STANDARD §5)
             "rooms": [
                 {
                     "id": "r301",

@@ -51,7 +51,7 @@ SUMMARY:Planning (afternoon)
 
 
 def test_recurrence_exdate_and_moved_occurrence() -> None:
-    week = parse_ical(cal(WEEKLY, MOVED), "r301", "f.ics", DAY, DAY + 14 * 86400)
+    week = parse_ical(cal(WEEKLY, MOVED), "r301", "f.ics", DAY, DAY + 14 * 86400).bookings
     starts = [datetime.fromtimestamp(b.start, UTC).strftime("%a %d %H:%M") for b in week]
     assert starts == ["Mon 23 09:00", "Mon 30 14:00", "Wed 02 09:00"]  # 25th: EXDATE
     moved = week[1]
@@ -74,7 +74,7 @@ def test_single_events_cancelled_duration_and_explicit_class() -> None:
         "f.ics",
         DAY,
         DAY + 86400,
-    )
+    ).bookings
     assert [e.id for e in events] == ["a"]
     assert events[0].end - events[0].start == 5400
     assert (events[0].cls, events[0].attendees) == ("important", 40)
@@ -103,9 +103,9 @@ def test_pushed_bookings_are_validated_with_the_offending_field() -> None:
             ]
         ).encode(),
         "r301",
-    )  # fmt: skip
+    ).bookings  # fmt: skip
     assert [b.id for b in ok] == ["m1", "m2"] and ok[0].cls == "large"
-    assert parse_bookings_message(b"", "r301") == []
+    assert parse_bookings_message(b"", "r301").bookings == []
     for payload, reason in [
         (b"{", "not JSON"),
         (b"{}", "JSON list"),
@@ -115,6 +115,10 @@ def test_pushed_bookings_are_validated_with_the_offending_field() -> None:
          "end is not after start"),
         (b'[{"id": "x", "start": "2026-11-23T09:00:00Z", "end": "2026-11-23T10:00:00Z",'
          b' "class": "huge"}]', r"\[0\]\.class"),
+        (b"[" * 1000, "not JSON"),  # deep nesting: a precise error, never a RecursionError
+        (b"[" * 40 + b"]" * 40, "nested deeper than 16"),
+        (b"\xff\xfe[]", "not JSON"),
+        (b"[" + b'"x",' * 400_000 + b'"x"]', "over the limit"),
     ]:  # fmt: skip
         with pytest.raises(BookingError, match=reason):
             parse_bookings_message(payload, "r301")
@@ -159,3 +163,28 @@ def test_sources_over_http_keep_the_last_good_bookings(http_calendar: tuple[str,
         or "Not Found" in missing.errors[f"{url}/nope.ics"]
     )
     assert rb.current(DAY + 9.5 * 3600) is not None and rb.current(DAY + 11 * 3600) is None
+
+
+def test_a_secondly_rule_is_capped_quickly_and_says_so() -> None:
+    """A calendar someone else edits: RRULE:FREQ=SECONDLY would be 259,200 bookings over the
+    window. Expansion stops at the cap (bounded work, not just a bounded result)."""
+    import time
+
+    data = cal("UID:flood\nDTSTART:20261123T000000Z\nDURATION:PT1S\nRRULE:FREQ=SECONDLY")
+    started = time.process_time()
+    parsed = parse_ical(data, "r301", "f.ics", DAY - 86400, DAY + 2 * 86400, limit=500)
+    spent = time.process_time() - started
+    assert len(parsed.bookings) == 500 and parsed.dropped
+    assert "more than 500 bookings" in (parsed.problem(500) or "")
+    assert spent < 5.0  # was 21 s and 589 MB uncapped; ~0.1 s here
+
+
+def test_pushed_lists_are_capped_with_a_problem_named() -> None:
+    items = [
+        {"id": f"m{i}", "start": f"2026-11-23T{i % 24:02d}:00:00Z",
+         "end": f"2026-11-23T{i % 24:02d}:30:00Z"}
+        for i in range(30)
+    ]  # fmt: skip
+    parsed = parse_bookings_message(json.dumps(items).encode(), "r301", limit=10)
+    assert len(parsed.bookings) == 10 and parsed.dropped == 20
+    assert parsed.problem(10) == "more than 10 bookings; the first 10 are used, 20+ dropped"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from roomd.daemon.config import ConfigError, load_config
+from roomd.daemon.config import ConfigError, default_config_path, load_config
 from roomd.daemon.units import format_duration, parse_duration
 
 GOOD = """\
@@ -131,9 +131,117 @@ rooms:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text))
     out = str(info.value)
-    assert ":5: rooms[0].thresholds.co2: no threshold 'co2'" in out
+    assert ":5: rooms[0].thresholds.co2: unknown metric 'co2'; did you mean 'co2_ppm'?" in out
     assert ":8: rooms[0].devices[1].id: duplicate device id 'a'" in out
     assert ":9: rooms[1].id: duplicate room id 'r1'" in out
+
+
+def test_a_misspelled_metric_is_an_error_naming_the_closest(tmp_path: Path) -> None:
+    """`co2_pmm: {max: 800}` used to add a threshold nothing produces: the room's stricter
+    CO₂ limit silently never applied."""
+    text = """site: hq
+rooms:
+  - id: r1
+    thresholds:
+      co2_pmm: {max: 800}
+    devices:
+      - id: env
+        driver: modbus
+        model: generic-iaq
+        host: h
+        thresholds:
+          temperature: {max: 25}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert (
+        ":5: rooms[0].thresholds.co2_pmm: unknown metric 'co2_pmm'; did you mean 'co2_ppm'?" in out
+    )
+    assert ":12: rooms[0].devices[0].thresholds.temperature: unknown metric" in out
+    assert "did you mean 'temperature_c'?" in out
+
+
+def test_duplicate_ids_are_reported_with_other_errors(tmp_path: Path) -> None:
+    text = """site: hq
+poll_jitter: lots
+rooms:
+  - id: r1
+    devices:
+      - {id: a, driver: modbus, model: xy-md02, host: h}
+      - {id: a, driver: modbus, model: xy-md02, host: h}
+  - id: r1
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert ":2: poll_jitter:" in out
+    assert ":7: rooms[0].devices[1].id: duplicate device id 'a'" in out
+    assert ":8: rooms[1].id: duplicate room id 'r1'" in out
+
+
+def test_a_numeric_port_on_a_network_device_is_its_tcp_port(tmp_path: Path) -> None:
+    text = """site: hq
+rooms:
+  - id: r1
+    devices:
+      - {id: env, driver: modbus, model: xy-md02, host: 127.0.0.1, port: 15021}
+      - {id: proj, driver: pjlink, host: 127.0.0.1, port: 14352}
+      - {id: v6, driver: pjlink, host: "::1", port: 4353}
+"""
+    cfg = load_config(write(tmp_path, text))
+    hosts = [getattr(d, "host", None) for d in cfg.rooms[0].devices]
+    assert hosts == ["127.0.0.1:15021", "127.0.0.1:14352", "[::1]:4353"]
+    twice = text.replace("host: 127.0.0.1, port: 15021", "host: 127.0.0.1:502, port: 15021")
+    with pytest.raises(ConfigError, match=r":5: rooms\[0\].devices\[0\]: .*give the TCP port once"):
+        load_config(write(tmp_path, twice))
+
+
+@pytest.mark.parametrize(
+    ("raw", "line", "message"),
+    [
+        (b"site: hq\nrooms:\n  - id: r1\x01\n", 3, "control character U+0001"),
+        (b"site: hq\nrooms:\n  - id: r\xe91\n", 3, "not UTF-8: byte 0xe9"),
+        (b"site: hq\x00\n", 1, "control character U+0000"),
+    ],
+)
+def test_bad_bytes_are_a_config_error_with_a_line(
+    tmp_path: Path, raw: bytes, line: int, message: str
+) -> None:
+    path = tmp_path / "roomd.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith(f"{path}:{line}: (file): {message}")
+
+
+def test_an_alias_bomb_is_refused_quickly(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    text = "\n".join(lines) + "\nsite: hq\nrooms: *a8\n"
+    tracemalloc.start()
+    started = time.process_time()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_config(write(tmp_path, text))
+    spent = time.process_time() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert spent < 2.0 and peak < 64 * 1024 * 1024
+
+
+def test_no_config_found_says_where_it_looked_and_how_to_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ROOMD_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as info:
+        load_config(default_config_path())
+    out = str(info.value)
+    assert "looked in $ROOMD_CONFIG (not set), ./roomd.yaml, /etc/roomd/roomd.yaml" in out
+    assert "roomd simulate --write-config roomd.yaml" in out
 
 
 def test_yaml_syntax_error_has_line(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..private import write_private
+
 # metric → (device_class, unit, state_class); None device_class: a plain sensor.
 METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
     "temperature_c": ("temperature", "°C", "measurement"),
@@ -160,6 +162,4 @@ class PublishedTopics:
             return set()
 
     def save(self, topics: set[str]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(topics)))
-        tmp.replace(self.path)
+        write_private(self.path, json.dumps(sorted(topics)))

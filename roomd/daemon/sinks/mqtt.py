@@ -30,12 +30,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from ..clock import Clock, iso
 from ..config import MqttConfig
+from ..inbound import LogLimiter
 from ..model import Transition
 from ..store import Pending, Store
 
 log = logging.getLogger("roomd.mqtt")
+_limited = LogLimiter(log)
 
-CommandHandler = Callable[[str, str | None, str | None, bytes], None]  # room, device, payload
+# (room or "_daemon", device, payload, principal from a `/by/{user}` topic or None)
+CommandHandler = Callable[[str | None, str | None, bytes, str | None], None]
+BookingsHandler = Callable[[str, bytes, str | None], None]  # room, payload, principal
 
 
 def dumps(obj: Any) -> bytes:
@@ -76,8 +80,10 @@ class MqttSink:
         self._tasks: list[asyncio.Task[None]] = []
         self.extra_topics: list[str] = []  # more subscriptions, routed to on_other
         self.on_other: Callable[[str, bytes], None] | None = None
-        # Retained bookings lists written by booking systems: (room, payload).
-        self.on_bookings: Callable[[str, bytes], None] | None = None
+        # Retained bookings lists written by booking systems.
+        self.on_bookings: BookingsHandler | None = None
+        # Messages that never reach a handler (retained commands, handler failures).
+        self.on_rejected: Callable[[str], None] | None = None
         self._sock: Any = None
         self._loop_thread = 0
 
@@ -307,9 +313,11 @@ class MqttSink:
             self._call(self._note_failure, f"broker refused the connection: {reason}")
             return
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
+        b = self.base
         client.subscribe(
-            [(f"{self.base}/+/+/cmd", 1), (f"{self.base}/_daemon/cmd", 1)]
-            + ([(f"{self.base}/+/bookings", 1)] if self.on_bookings else [])
+            [(f"{b}/+/+/cmd", 1), (f"{b}/_daemon/cmd", 1)]
+            + [(f"{b}/+/+/cmd/by/+", 1), (f"{b}/_daemon/cmd/by/+", 1)]
+            + ([(f"{b}/+/bookings", 1), (f"{b}/+/bookings/by/+", 1)] if self.on_bookings else [])
             + [(t, 1) for t in self.extra_topics]
         )
         for topic, data in list(self._retained.items()):
@@ -331,7 +339,26 @@ class MqttSink:
             self._call(self._published, mid)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._call(self._command, msg.topic, bytes(msg.payload))
+        # Nothing may escape into paho's read loop: it would handle the same packet again and
+        # again (a busy loop on one poisoned message).
+        try:
+            topic = msg.topic  # paho decodes it: invalid UTF-8 raises here
+            self._call(self._command, topic, bytes(msg.payload), bool(msg.retain))
+        except Exception as exc:
+            self._rejected("handler")
+            _limited(
+                logging.ERROR,
+                f"handler:{type(exc).__name__}",
+                "MQTT message on %r not handled: %s: %s",
+                getattr(msg, "_topic", b"?")[:200],
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+
+    def _rejected(self, kind: str) -> None:
+        if self.on_rejected is not None:
+            with contextlib.suppress(Exception):
+                self.on_rejected(kind)
 
     # ---- on the asyncio loop -----------------------------------------------------------------
 
@@ -368,7 +395,7 @@ class MqttSink:
             self._acked.difference_update(done)
         self.kick()
 
-    def _command(self, topic: str, payload: bytes) -> None:
+    def _command(self, topic: str, payload: bytes, retained: bool) -> None:
         if topic in self.extra_topics:
             if self.on_other is not None:
                 self.on_other(topic, payload)
@@ -376,12 +403,24 @@ class MqttSink:
         if self.on_command is None or not topic.startswith(self.base + "/"):
             return
         parts = topic[len(self.base) + 1 :].split("/")
+        by: str | None = None
+        if len(parts) >= 3 and parts[-2] == "by":  # .../cmd/by/{user}: the broker's login
+            by, parts = parts[-1], parts[:-2]
+        if len(parts) == 2 and parts[1] == "bookings":
+            if self.on_bookings is not None:
+                self.on_bookings(parts[0], payload, by)
+            return
+        if len(parts) not in (2, 3) or parts[-1] != "cmd":
+            return
+        if retained:
+            # A retained command would be obeyed again on every restart and by every instance.
+            self._rejected("retained_command")
+            _limited(logging.WARNING, f"retained:{topic}", "retained command on %s ignored", topic)
+            return
         if parts == ["_daemon", "cmd"]:
-            self.on_command("_daemon", None, None, payload)
-        elif len(parts) == 3 and parts[2] == "cmd":
-            self.on_command("device", parts[0], parts[1], payload)
-        elif len(parts) == 2 and parts[1] == "bookings" and self.on_bookings is not None:
-            self.on_bookings(parts[0], payload)
+            self.on_command(None, None, payload, by)
+        elif len(parts) == 3:
+            self.on_command(parts[0], parts[1], payload, by)
 
     async def run_drainer(self) -> None:
         while True:

@@ -19,6 +19,7 @@ log = logging.getLogger("roomd.http")
 
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 LABELS = ("site", "room", "device")
+MAX_HEADER_LINES = 100
 
 
 class Metrics:
@@ -68,6 +69,18 @@ class Metrics:
         )
         self.mqtt_connected = Gauge(
             "roomd_mqtt_connected", "1 while connected to the MQTT broker", registry=r
+        )
+        self.commands_refused = Counter(
+            "roomd_commands_refused",
+            "Commands and bookings not obeyed: malformed, unauthorised, bad signature, replayed",
+            ("site", "reason"),
+            registry=r,
+        )
+        self.input_rejected = Counter(
+            "roomd_input_rejected",
+            "Messages on subscribed topics that were not used (size, depth, not JSON)",
+            ("site", "topic_kind"),
+            registry=r,
         )
         for sev in SEVERITIES:
             self.alerts_active.labels(site, sev).set(0)
@@ -167,13 +180,22 @@ class HttpServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            async with asyncio.timeout(10):
-                request = await reader.readline()
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
+            try:
+                async with asyncio.timeout(10):
+                    request = await reader.readline()
+                    for _ in range(MAX_HEADER_LINES):
+                        if (await reader.readline()) in (b"\r\n", b"\n", b""):
+                            break
+                    else:
+                        raise ValueError("too many header lines")
+            except (ValueError, asyncio.LimitOverrunError):
+                # A line over the stream limit (64 KiB) or a flood of headers: answer, no traceback.
+                request = b"\0"
             parts = request.decode("latin-1").split()
             path = parts[1].split("?")[0] if len(parts) >= 2 else ""
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+            if request == b"\0":
+                status, ctype, body = "431 Request Header Fields Too Large", "text/plain", b""
+            elif len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
                 status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
             elif path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
@@ -189,7 +211,7 @@ class HttpServer:
             )
             writer.write(head.encode() + (body if parts[:1] != ["HEAD"] else b""))
             await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             writer.close()
