@@ -98,3 +98,44 @@ class LogLimiter:
         for key in victims:
             self._last.pop(key, None)
             self._held.pop(key, None)
+
+
+class Command:
+    """A command message that passed the shape checks (contract §3)."""
+
+    __slots__ = ("args", "id", "message", "name")
+
+    def __init__(self, message: dict[str, Any], cmd_id: str | int | None, name: str) -> None:
+        self.message = message
+        self.id = cmd_id
+        self.name = name
+        self.args: dict[str, Any] = message.get("args", {})
+
+
+class BadCommand(InputRejected):
+    """A command that cannot be run; `cmd_id` is its id when that much could be read."""
+
+    def __init__(self, message: str, cmd_id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.cmd_id = cmd_id
+
+
+def parse_command(payload: bytes) -> Command:
+    """`{"command": str, "args": {...}, "id": str|int}`, bounded; BadCommand says what is wrong."""
+    try:
+        msg = load_json(payload, max_bytes=COMMAND_MAX_BYTES)
+    except InputRejected as exc:
+        raise BadCommand(str(exc)) from None
+    if not isinstance(msg, dict):
+        raise BadCommand("a command must be a JSON object")
+    cmd_id = msg.get("id")
+    if not isinstance(cmd_id, str | int | None) or isinstance(cmd_id, bool):
+        raise BadCommand("id: must be a string or a number")
+    if isinstance(cmd_id, str) and len(cmd_id) > 128:
+        raise BadCommand("id: longer than 128 characters")
+    name = msg.get("command")
+    if not isinstance(name, str) or not name or len(name) > 64:
+        raise BadCommand("command: missing or not a short string", cmd_id)
+    if not isinstance(msg.get("args", {}), dict):
+        raise BadCommand("args: must be an object", cmd_id)
+    return Command(msg, cmd_id, name)

@@ -37,7 +37,7 @@ from .authz import ANONYMOUS, Authorizer, Principal, Refused
 from .checks import RoomChecker, audio_devices, room_soundcheck
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
-from .inbound import COMMAND_MAX_BYTES, InputRejected, LogLimiter, load_json
+from .inbound import BadCommand, LogLimiter, parse_command
 from .meetings import MeetingPlanner
 from .model import Transition
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
@@ -661,21 +661,12 @@ class Daemon:
         cmd_id: Any = None
         try:
             try:
-                msg = load_json(payload, max_bytes=COMMAND_MAX_BYTES)
-            except InputRejected as exc:
+                command = parse_command(payload)
+            except BadCommand as exc:
+                cmd_id = exc.cmd_id
                 self.metrics.input_rejected.labels(self.config.site, "command").inc()
                 raise Refused("malformed", f"bad command: {exc}") from None
-            if not isinstance(msg, dict):
-                raise Refused("malformed", "bad command: a command must be a JSON object")
-            cmd_id = msg.get("id")
-            if not isinstance(cmd_id, str | int | None) or isinstance(cmd_id, bool):
-                cmd_id = None
-                raise Refused("malformed", "bad command: id: must be a string or a number")
-            name, args = msg.get("command"), msg.get("args", {})
-            if not isinstance(name, str) or not name or len(name) > 64:
-                raise Refused("malformed", "bad command: command: missing or not a short string")
-            if not isinstance(args, dict):
-                raise Refused("malformed", "bad command: args: must be an object")
+            cmd_id, name, args, msg = command.id, command.name, command.args, command.message
             who = self.authz.identify(topic, by, msg)
             if room is None:
                 self.authz.site_command(who, name)

@@ -41,7 +41,11 @@ class YamlSyntaxError(Exception):
 
 def load_located(text: str) -> Located:
     """Parse one YAML document with the safe loader, keeping line numbers."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters at once
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, max(0, exc.position)) + 1
+        raise YamlSyntaxError(line, f"character U+{exc.character:04X} is not allowed") from None
     try:
         node = loader.get_single_node()
         out = Located(data=None)
@@ -52,7 +56,7 @@ def load_located(text: str) -> Located:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise YamlSyntaxError(line, f"{exc.problem or exc}") from None
-    except yaml.YAMLError as exc:  # ReaderError and the like: no mark, a position at best
+    except yaml.YAMLError as exc:  # no mark, a position at best
         raise YamlSyntaxError(1, str(exc)) from None
     except RecursionError:
         raise YamlSyntaxError(1, "nested too deeply") from None

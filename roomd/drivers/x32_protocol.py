@@ -6,6 +6,7 @@ OSC encoding and parsing are python-osc's; this module holds what is specific to
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from dataclasses import dataclass
@@ -158,8 +159,41 @@ def build(address: str, *args: Any) -> bytes:
     return bytes(builder.build().dgram)
 
 
+_TAGS = frozenset(b"ihfdsbrmtTFN[]")
+
+
+def _check_type_tags(data: bytes) -> None:
+    """python-osc logs a WARNING on the root logger for every unknown type-tag character and
+    parses on (a hostile datagram = a log line per byte); refuse such a message instead."""
+    end = data.find(b"\0")
+    if end < 0:
+        return  # python-osc rejects it
+    start = (end + 4) & ~3
+    stop = data.find(b"\0", start)
+    tags = data[start + 1 : stop if stop >= 0 else len(data)]
+    if data[start : start + 1] == b"," and not _TAGS.issuperset(tags):
+        bad = next(chr(c) for c in tags if c not in _TAGS)
+        raise OscDecodeError(f"unknown OSC type tag {bad!r}")
+
+
+class _QuietPythonOsc(logging.Filter):
+    """Backstop for bundles (whose messages python-osc parses itself): drop its per-byte
+    warnings; the packet is counted as bad by the driver anyway."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.pathname.endswith("osc_message.py")
+            and str(record.msg).startswith("Unhandled parameter type")
+        )
+
+
+logging.getLogger().addFilter(_QuietPythonOsc())
+
+
 def parse(data: bytes) -> list[tuple[str, list[Any]]]:
     """A datagram (message or bundle) → [(address, args)]. OscDecodeError for garbage."""
+    if data[:1] == b"/":
+        _check_type_tags(data)
     try:
         packet = OscPacket(data)
     except (ParseError, ValueError, IndexError, struct.error) as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 
 import pytest
@@ -77,3 +78,23 @@ def test_parse_raises_only_decode_errors(data: bytes) -> None:
 def test_tone_frequency_scale() -> None:
     assert osc.tone_value_to_freq(osc.tone_freq_to_value(1000.0)) == pytest.approx(1000.0)
     assert osc.tone_freq_to_value(20.0) == 0.0 and osc.tone_freq_to_value(20000.0) == 1.0
+
+
+def test_unknown_type_tags_are_refused_without_a_log_line_per_byte(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """python-osc logs a root WARNING per unknown type-tag character and parses on: one hostile
+    datagram was hundreds of log lines."""
+    caplog.set_level(logging.DEBUG)
+    packet = b"/ch/01/mix/on\x00\x00\x00," + b"x" * 500 + b"\x00\x00\x00"
+    with pytest.raises(osc.OscDecodeError, match="unknown OSC type tag 'x'"):
+        osc.parse(packet)
+    bundle = (
+        b"#bundle\x00"
+        + b"\x00" * 8
+        + struct.pack(">i", 24)
+        + b"/a\x00\x00,xxxxxxxxxxxx\x00\x00\x00"
+    )
+    with contextlib.suppress(osc.OscDecodeError):
+        osc.parse(bundle)
+    assert not [r for r in caplog.records if "Unhandled parameter type" in r.getMessage()]
