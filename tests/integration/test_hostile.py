@@ -5,6 +5,7 @@ memory, and obeys only the principals its authorization config names."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -412,4 +413,49 @@ async def test_only_authorised_principals_drive_devices_and_ack(
     finally:
         for c in clients.values():
             c.stop()
+        await tcp.stop()
+
+
+async def test_a_huge_bookings_push_is_capped_and_parsed_off_the_loop(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    env = SimSensor.of("generic-iaq", **NORMAL)
+    tcp = await ModbusTcpSim([env]).start()
+    cfg = write_config(
+        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
+    )
+    rec: Recorder = recorder_factory(mosquitto.port, topic="roomd/#")
+    start = 1795392000  # 2026-11-23
+
+    def at(t: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    items = [
+        {"id": f"m{i}", "start": at(start + i * 60), "end": at(start + i * 60 + 30), "title": "x"}
+        for i in range(9000)
+    ]
+    payload = json.dumps(items).encode()
+    assert 64 * 1024 < len(payload) < 1024 * 1024
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    try:
+        async with running(cfg) as daemon:
+            tick = asyncio.create_task(ticker())
+            rec.publish(f"{BASE}/r301/bookings", payload, retain=True)
+            alert = f"{BASE}/r301/alerts/r301._room.bookings.error"
+            got = await rec.wait_for(lambda m: m.topic == alert and m.payload, 20)
+            tick.cancel()
+            assert "more than 2000 bookings; the first 2000 are used" in got[0].json()["message"]
+            assert len(daemon.meetings.rooms["r301"].all()) == 2000
+            assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.3f} s"
+    finally:
+        rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
         await tcp.stop()
