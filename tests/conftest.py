@@ -29,7 +29,7 @@ def free_port() -> int:
 class Mosquitto:
     """A real broker, started by the test, restartable on the same port with persistence."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistence: bool = True) -> None:
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not Path(binary).exists():
             pytest.fail("mosquitto is not installed: run ./scripts/test, which installs it")
@@ -39,8 +39,12 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
-            "max_queued_messages 10000\n"
+            + (
+                f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+                if persistence
+                else "persistence false\n"  # Mosquitto's default: a restart forgets everything
+            )
+            + "max_queued_messages 10000\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

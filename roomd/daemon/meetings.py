@@ -43,7 +43,8 @@ class MeetingPlanner:
         self.daemon = daemon
         self.rooms: dict[str, RoomBookings] = {}
         self.done: set[tuple[str, str]] = set()  # (booking id, action)
-        self.last_check: dict[str, dict[str, Any]] = {}  # room → last report
+        # room → last report, across restarts
+        self.last_check: dict[str, dict[str, Any]] = daemon.store.last_checks()
         self.usage: dict[str, dict[str, UsageRow]] = {}  # booking id → device → row
         self.failed_over: set[tuple[str, str]] = set()  # (booking id, primary)
         self._last_tick: float | None = None

@@ -157,6 +157,13 @@ class Store:
         cur = self.db.execute("DELETE FROM signins WHERE ts < ?", (before,))
         return cur.rowcount
 
+    def last_checks(self) -> dict[str, dict[str, Any]]:
+        """Each room's latest check report (re-published as `checks/latest` after a restart)."""
+        rows = self.db.execute(
+            "SELECT room, report FROM checks WHERE id IN (SELECT MAX(id) FROM checks GROUP BY room)"
+        )
+        return {room: json.loads(report) for room, report in rows}
+
     def record_check(self, report: dict[str, Any], messages: Iterable[Pending] = ()) -> None:
         msgs = list(messages)
         with self.db:

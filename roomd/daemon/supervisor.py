@@ -117,6 +117,7 @@ class Daemon:
             config.site, kind
         ).inc()
         self.authz = Authorizer(config.authorization, config.mqtt.username)
+        self.mqtt.retained_snapshot = self.retained_snapshot
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -700,6 +701,18 @@ class Daemon:
             _limited(logging.WARNING, f"bookings:{who.name}", "%s: bookings refused: %s", room, exc)
             return
         self.meetings.on_bookings_message(room, payload)
+
+    def retained_snapshot(self) -> dict[str, bytes]:
+        """Retained topics the outbox announced once: every active alert, each room's last
+        check. Re-sent on every (re)connect (a broker restarted without persistence)."""
+        out = {
+            self.mqtt.alert_topic(a.room, a.id): _dumps(a.to_json())
+            for a in self.book.active.values()
+        }
+        for room_id, report in self.meetings.last_check.items():
+            if self.owns_room(room_id):
+                out[f"{self.mqtt.base}/{room_id}/checks/latest"] = _dumps(report)
+        return out
 
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None

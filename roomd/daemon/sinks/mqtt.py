@@ -82,6 +82,9 @@ class MqttSink:
         self.on_other: Callable[[str, bytes], None] | None = None
         # Retained bookings lists written by booking systems.
         self.on_bookings: BookingsHandler | None = None
+        # Retained topics whose latest value lives elsewhere (active alerts, check reports):
+        # all re-published on every (re)connect, as a broker without persistence forgot them.
+        self.retained_snapshot: Callable[[], dict[str, bytes]] | None = None
         # Messages that never reach a handler (retained commands, handler failures).
         self.on_rejected: Callable[[str], None] | None = None
         self._sock: Any = None
@@ -322,6 +325,11 @@ class MqttSink:
         )
         for topic, data in list(self._retained.items()):
             client.publish(topic, data, qos=1, retain=True)
+        # Before the outbox drains: its rows (older or newer transitions of the same alerts)
+        # follow in order, so the last message on each topic is still the current state.
+        if self.retained_snapshot is not None:
+            for topic, data in self.retained_snapshot().items():
+                client.publish(topic, data, qos=1, retain=True)
         self._call(self._connected)
 
     def _on_disconnect(
