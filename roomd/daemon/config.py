@@ -461,6 +461,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         if room.roster is not None and (problem := check_roster(room.roster)):
             c.add((*rloc, "roster"), problem)
         rooms.append(Room(config=room, devices=tuple(devices), thresholds=thresholds))
+    _check_serial_lines(c, rooms)
     if c.issues:
         raise ConfigError(c.issues)
     return SiteConfig(
@@ -478,6 +479,39 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         rooms=tuple(rooms),
         authorization=site.authorization,
     )
+
+
+def _check_serial_lines(c: _Collector, rooms: list[Room]) -> None:
+    """One serial port is one line: one baud rate, parity, stop bits and byte size for every
+    device on it, and readers and RS-232 projectors share it with nobody."""
+    first: dict[str, tuple[str, tuple[Any, ...] | None, Loc]] = {}
+    for ri, room in enumerate(rooms):
+        for device in room.devices:
+            line = device.serial_line()
+            if line is None:
+                continue
+            port, settings = line
+            di = next(i for i, raw in enumerate(room.config.devices) if raw.get("id") == device.id)
+            loc: Loc = ("rooms", ri, "devices", di, "port")
+            name = f"{room.id}/{device.id}"
+            if port not in first:
+                first[port] = (name, settings, loc)
+                continue
+            other, other_settings, _ = first[port]
+            if settings is None or other_settings is None:
+                c.add(loc, f"{port} is already used by {other}; this device cannot share it")
+            elif settings != other_settings:
+                c.add(
+                    loc,
+                    f"{port} is one RS-485 line: {name} wants {_line(settings)} but {other} "
+                    f"wants {_line(other_settings)}; give both the same baudrate/parity/"
+                    "stopbits/bytesize",
+                )
+
+
+def _line(settings: tuple[Any, ...]) -> str:
+    baud, parity, stop, size = settings
+    return f"{baud} {size}{parity}{stop}"
 
 
 def _duplicate_ids(c: _Collector, data: Any) -> None:

@@ -35,6 +35,11 @@ class DeviceConfig(BaseModel):
     # STANDARD §3: on a fault during a meeting, switch to this device of the same room at once.
     backup: str | None = Field(None, pattern=_ID)
 
+    def serial_line(self) -> tuple[str, tuple[Any, ...] | None] | None:
+        """(serial port, line settings) for a device on a serial line: devices on one port must
+        agree on the settings (an RS-485 bus has one); None settings: the port is its alone."""
+        return None
+
     @model_validator(mode="before")
     @classmethod
     def _tcp_port(cls, data: Any) -> Any:

@@ -73,6 +73,10 @@ class ModbusConfig(DeviceConfig):
     poll: Duration = 5.0
     timeout: Duration = 1.0
     delay_after_connect: Duration = 0.0
+    # RTU: silence on the bus after a unit did not answer, before the next request. A slave
+    # still waiting for the rest of a frame loses its framing if the next one comes at once;
+    # Modbus's 3.5 character times is the floor, not enough after a timeout.
+    quiet_after_timeout: Duration = 0.1
 
     @field_validator("model")
     @classmethod
@@ -91,6 +95,17 @@ class ModbusConfig(DeviceConfig):
     @property
     def device_model(self) -> DeviceModel:
         return load_model(self.model)
+
+    def serial_line(self) -> tuple[str, tuple[Any, ...] | None] | None:
+        if self.port is None:
+            return None
+        s = self.device_model.serial
+        return self.port, (
+            self.baudrate or s.baudrate,
+            self.parity or s.parity,
+            self.stopbits or s.stopbits,
+            self.bytesize or s.bytesize,
+        )
 
 
 def _split_host(value: str) -> tuple[str, int]:
@@ -257,6 +272,8 @@ class RtuBus:
         self.waiter: asyncio.Future[None] | None = None
         # Modbus RTU wants ≥ 3.5 character times of silence between frames.
         self.gap = max(0.00175, 3.5 * 11 / baudrate)
+        self.quiet_after_timeout = self.gap  # raised by the devices' config
+        self.timeouts = 0
 
     async def _ensure_open(self) -> None:
         if self.transport is None:
@@ -282,6 +299,7 @@ class RtuBus:
             self.transport.write(self.framer.buildFrame(pdu))  # type: ignore[attr-defined]
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
+            gap = self.gap
             try:
                 while True:
                     reply = self._take_frame(pdu.dev_id)
@@ -289,6 +307,8 @@ class RtuBus:
                         return reply
                     remaining = deadline - loop.time()
                     if remaining <= 0:
+                        gap = max(gap, self.quiet_after_timeout)
+                        self.timeouts += 1
                         raise DeviceTimeout(
                             f"unit {pdu.dev_id} on {self.port}: no reply within {timeout:g}s"
                         )
@@ -297,13 +317,15 @@ class RtuBus:
                         async with asyncio.timeout(remaining):
                             await self.waiter
                     except TimeoutError:
+                        gap = max(gap, self.quiet_after_timeout)
+                        self.timeouts += 1
                         raise DeviceTimeout(
                             f"unit {pdu.dev_id} on {self.port}: no reply within {timeout:g}s"
                         ) from None
                     finally:
                         self.waiter = None
             finally:
-                await asyncio.sleep(self.gap)
+                await asyncio.sleep(gap)
 
     def _take_frame(self, dev_id: int) -> ModbusPDU | None:
         if len(self.buffer) < 4:
@@ -357,6 +379,7 @@ class ModbusDriver(Driver):
                 cfg.bytesize or s.bytesize,
             )
             self.context.shared[key] = bus
+        bus.quiet_after_timeout = max(bus.quiet_after_timeout, cfg.quiet_after_timeout, bus.gap)
         return bus
 
     @property

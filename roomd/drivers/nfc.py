@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -46,6 +46,9 @@ class NfcSerialConfig(DeviceConfig):
     heartbeat: Duration | None = None
     ack: str | None = None
     poll: Duration = 2.0
+
+    def serial_line(self) -> tuple[str, tuple[Any, ...] | None] | None:
+        return self.port, None  # not a bus: the port is this device's alone
 
 
 class CardReaderDriver(Driver):

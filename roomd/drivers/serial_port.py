@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -125,7 +126,9 @@ async def open_serial(
         try:
             ser = serial.Serial(port, timeout=0, **settings)
             return SerialTransport(ser, _Callbacks(on_data, on_lost))
-        except (serial.SerialException, OSError, ValueError) as exc:
+        # termios.error (not an OSError) is what tcsetattr raises for a setting the line
+        # cannot take, e.g. even parity on a Linux pseudo-terminal.
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             parity = settings.get("parity", "N")
             if attempt == 0 and parity != "N" and "Invalid argument" in str(exc):
                 log.debug("%s rejects parity %s; opening without", port, parity)

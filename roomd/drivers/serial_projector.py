@@ -94,6 +94,9 @@ class SerialProjectorConfig(DeviceConfig):
         load_serial_profile(value)
         return value
 
+    def serial_line(self) -> tuple[str, tuple[Any, ...] | None] | None:
+        return self.port, None  # not a bus: the port is this device's alone
+
 
 @register
 class SerialProjectorDriver(ProjectorHooks, Driver):

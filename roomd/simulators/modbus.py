@@ -7,6 +7,7 @@ layout from the same device model the driver reads, and can be told to misbehave
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -210,6 +211,7 @@ class ModbusRtuSim:
         self.pty = Pty(self._data)
         self.buffer = b""
         self.frames_seen = 0
+        self.frame_times: list[tuple[float, int]] = []  # (arrival, unit): bus timing in tests
 
     @property
     def path(self) -> str:
@@ -232,6 +234,7 @@ class ModbusRtuSim:
             if pdu_bytes is None:
                 continue  # bad CRC: a real slave stays silent
             self.frames_seen += 1
+            self.frame_times.append((time.monotonic(), dev_id))
             try:
                 request = self.framer.decoder.decode(pdu_bytes)
             except Exception:

@@ -200,3 +200,47 @@ async def test_illegal_address_and_write_command() -> None:
         await wrong.close()
     finally:
         await sim.stop()
+
+
+async def test_even_parity_opens_on_a_pseudo_terminal() -> None:
+    """Linux ptys reject PARENB with termios.error, which is not an OSError: the XY-MD02 (8E1)
+    stayed offline with a traceback per retry. Now the open falls back to no parity."""
+    import os
+    import pty
+
+    from roomd.drivers.serial_port import open_serial
+
+    master, slave = pty.openpty()
+    try:
+        for parity in ("N", "E", "E"):  # after a first open (a restart), E failed
+            transport = await open_serial(
+                os.ttyname(slave), lambda data: None, lambda exc: None, baudrate=9600, parity=parity
+            )
+            transport.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+async def test_after_a_timeout_the_bus_stays_quiet_before_the_next_request() -> None:
+    """A slave still waiting for the rest of a frame loses its framing when the next request
+    follows at once (2 ms was measured): the bus leaves `quiet_after_timeout` of silence."""
+    silent = SimSensor.of("xy-md02", unit=2, temperature_c=1, humidity_pct=1)
+    silent.fault = "silent"
+    bus = ModbusRtuSim([SimSensor.of("senseair-s8", co2_ppm=700), silent]).start()
+    ctx = DriverContext()
+    try:
+        quiet = driver(ctx, "xy-md02", unit=2, port=bus.path, timeout=0.1, parity="N")
+        good = driver(ctx, "senseair-s8", port=bus.path, timeout=0.2, quiet_after_timeout=0.25)
+        with pytest.raises(DeviceTimeout):
+            await quiet.poll()
+        assert await good.poll() == {"co2_ppm": 700}
+        (t_silent, unit_a), (t_good, unit_b) = bus.frame_times[-2:]
+        assert (unit_a, unit_b) == (2, 254)
+        assert t_good - t_silent >= 0.1 + 0.25 - 0.01  # its timeout, then the quiet gap
+        assert await good.poll() == {"co2_ppm": 700}  # no quiet gap after an answer
+        assert bus.frame_times[-1][0] - t_good < 0.1
+    finally:
+        for b in ctx.shared.values():
+            b.close()
+        bus.stop()

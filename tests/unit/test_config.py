@@ -315,3 +315,33 @@ def test_backup_must_be_another_device_of_the_room(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, levels))
     assert ":2: meetings.check_levels: levels 1, 2, 3 must come ever closer" in str(info.value)
+
+
+def test_one_serial_port_is_one_line_setting(tmp_path: Path) -> None:
+    text = """\
+site: hq
+rooms:
+  - id: r1
+    devices:
+      - {id: th, driver: modbus, model: xy-md02, port: /dev/ttyUSB0, unit: 1}
+      - {id: co2, driver: modbus, model: senseair-s8, port: /dev/ttyUSB0, unit: 254}
+      - {id: lux, driver: modbus, model: rs485-lux, port: /dev/ttyUSB1, unit: 3}
+  - id: r2
+    devices:
+      - {id: lux, driver: modbus, model: rs485-lux, port: /dev/ttyUSB1, unit: 4, baudrate: 4800}
+      - {id: reader, driver: nfc-serial, port: /dev/ttyUSB0}
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert (
+        ":6: rooms[0].devices[1].port: /dev/ttyUSB0 is one RS-485 line: r1/co2 wants 9600 8N1 "
+        "but r1/th wants 9600 8E1" in out
+    )
+    assert (
+        ":10: rooms[1].devices[0].port: /dev/ttyUSB1 is one RS-485 line: r2/lux wants 4800" in out
+    )
+    assert ":11: rooms[1].devices[1].port: /dev/ttyUSB0 is already used by r1/th" in out
+    fixed = text.replace("unit: 1}", "unit: 1, parity: N}").replace(", baudrate: 4800", "")
+    fixed = fixed.replace("      - {id: reader, driver: nfc-serial, port: /dev/ttyUSB0}\n", "")
+    assert len(load_config(write(tmp_path, fixed)).rooms) == 2
