@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from .config import ROOM_DEVICE, Room, SiteConfig
 from .inbound import LogLimiter
 from .model import Transition
 from .private import private_dir, write_private
-from .store import UsageRow
+from .store import Store, UsageRow
 
 if TYPE_CHECKING:
     from .supervisor import Daemon, Poller
@@ -38,15 +39,43 @@ STALE = 900.0  # a shutdown or record more than this late (the daemon was down) 
 CHANNEL_METRIC = re.compile(r"^ch(\d\d)_")
 
 
+class ActionLog:
+    """(booking id, action) pairs done, written through to the store at once: a restart (or a
+    kill -9) after the shutdown does not switch the room off again, a failover is not repeated.
+    """
+
+    KEEP = 7 * 86400.0  # a booking's actions are forgotten a week after they were done
+
+    def __init__(self, store: Store, now: Callable[[], float]) -> None:
+        self.store = store
+        self.now = now
+        self._done = store.actions_done()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._done
+
+    def add(self, key: tuple[str, str]) -> None:
+        self.update([key])
+
+    def update(self, keys: Iterable[tuple[str, str]]) -> None:
+        new = [k for k in keys if k not in self._done]
+        if new:
+            self.store.mark_done(new, self.now())
+            self._done.update(new)
+
+    def forget_old(self) -> None:
+        self.store.forget_actions(self.now() - self.KEEP)
+        self._done = self.store.actions_done()
+
+
 class MeetingPlanner:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.rooms: dict[str, RoomBookings] = {}
-        self.done: set[tuple[str, str]] = set()  # (booking id, action)
+        self.done = ActionLog(daemon.store, daemon.clock.time)  # (booking id, action)
         # room → last report, across restarts
         self.last_check: dict[str, dict[str, Any]] = daemon.store.last_checks()
         self.usage: dict[str, dict[str, UsageRow]] = {}  # booking id → device → row
-        self.failed_over: set[tuple[str, str]] = set()  # (booking id, primary)
         self._last_tick: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._push_seq: dict[str, int] = {}
@@ -77,10 +106,9 @@ class MeetingPlanner:
         )
         for room_id in self.rooms:
             self._report_sources(room_id)
-        # Forget what was done for bookings that left the calendars' window.
-        known = {b.id for rb in self.rooms.values() for b in rb.all()}
-        self.done = {k for k in self.done if k[0] in known}
-        self.failed_over = {k for k in self.failed_over if k[0] in known}
+        # Forget what was done long ago (by age: a calendar that fails to load at start must not
+        # make the planner forget what it did).
+        self.done.forget_old()
 
     def on_bookings_message(self, room_id: str, payload: bytes) -> None:
         rb = self.rooms.get(room_id)
@@ -383,19 +411,20 @@ class MeetingPlanner:
             if match and isinstance(primary.driver, MixerDriver):
                 channel = int(match.group(1))
                 key = (booking.id, f"{a.device}:ch{channel}")
-                if key not in self.failed_over and channel in primary.driver.config.backup_channels:
-                    self.failed_over.add(key)
+                failover = (key[0], f"failover:{key[1]}")
+                if failover not in self.done and channel in primary.driver.config.backup_channels:
+                    self.done.add(failover)
                     self._spawn(self._channel_failover(primary, channel, booking, a.id), "failover")
                 continue
             backup_id = primary.config.backup
-            if backup_id is None or (booking.id, a.device) in self.failed_over:
+            if backup_id is None or (booking.id, f"failover:{a.device}") in self.done:
                 continue
             backup = d.room_pollers.get(a.room, {}).get(backup_id)
             if backup is None:
                 continue
             # Switch once per meeting; a recovered primary is not switched back (STANDARD §3:
             # the operator decides, after diagnosis).
-            self.failed_over.add((booking.id, a.device))
+            self.done.add((booking.id, f"failover:{a.device}"))
             self._spawn(self._failover(primary, backup, booking, a.id), "failover")
 
     async def _failover(self, primary: Poller, backup: Poller, b: Booking, alert_id: str) -> None:

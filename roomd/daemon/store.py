@@ -92,6 +92,11 @@ class Store:
                 online_s REAL NOT NULL, in_use_s REAL NOT NULL, alerts INTEGER NOT NULL,
                 anomalies TEXT NOT NULL, UNIQUE (meeting, device));
             CREATE INDEX IF NOT EXISTS usage_start ON usage (start);
+            -- What the meeting planner did per booking (checks, pre-warm, no-show, shutdown,
+            -- failover): a restart must not do it again.
+            CREATE TABLE IF NOT EXISTS meeting_actions (
+                booking TEXT NOT NULL, action TEXT NOT NULL, ts REAL NOT NULL,
+                PRIMARY KEY (booking, action));
             """
         )
         # Databases written before names were kept out of the store: scrub them once.
@@ -156,6 +161,19 @@ class Store:
         """Delete records older than `before` (epoch seconds): the retention rule."""
         cur = self.db.execute("DELETE FROM signins WHERE ts < ?", (before,))
         return cur.rowcount
+
+    def actions_done(self) -> set[tuple[str, str]]:
+        rows = self.db.execute("SELECT booking, action FROM meeting_actions")
+        return {(booking, action) for booking, action in rows}
+
+    def mark_done(self, actions: Iterable[tuple[str, str]], ts: float) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO meeting_actions (booking, action, ts) VALUES (?, ?, ?)",
+            [(booking, action, ts) for booking, action in actions],
+        )
+
+    def forget_actions(self, before: float) -> None:
+        self.db.execute("DELETE FROM meeting_actions WHERE ts < ?", (before,))
 
     def last_checks(self) -> dict[str, dict[str, Any]]:
         """Each room's latest check report (re-published as `checks/latest` after a restart)."""

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from roomd.simulators.modbus import ModbusTcpSim, SimSensor
+from roomd.simulators.pjlink import PJLinkSim, ProjectorState
 from tests.conftest import Mosquitto, Recorder, until, write_config
 from tests.integration.test_daemon import BASE, NORMAL, dev, running, site
 
@@ -75,3 +79,113 @@ async def test_a_broker_restarted_without_persistence_gets_every_retained_state_
     finally:
         await tcp.stop()
         broker.stop()
+
+
+# ---- kill -9 mid-meeting: a real `roomd run` process, killed and started again --------------
+
+ROOMD = [sys.executable, "-m", "roomd"]
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def projector(sim: PJLinkSim, dev_id: str, **kw: Any) -> dict[str, Any]:
+    return {"id": dev_id, "driver": "pjlink", "model": "roomd-simulator", "host": sim.address,
+            "poll": "300ms", "timeout": "1s", **kw}  # fmt: skip
+
+
+def start_daemon(cfg: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*ROOMD, "run", "-c", str(cfg)], stderr=subprocess.DEVNULL)
+
+
+def kill9(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+def events_of(rec: Recorder, kind: str) -> list[dict[str, Any]]:
+    return [m.json() for m in rec.on(f"{BASE}/r301/events") if m.json().get("type") == kind]
+
+
+async def test_kill_9_after_the_shutdown_does_not_switch_the_room_off_again(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    proj = await PJLinkSim(ProjectorState(warmup=0.2, cooldown=0.2, power="on")).start()
+    data = site(tmp_path, mosquitto, [projector(proj, "proj")], thresholds={})
+    cfg = write_config(tmp_path / "roomd.yaml", data)
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    now = time.time()
+    # Ended 11 minutes ago: the shutdown (10 min grace) is due as soon as the daemon looks.
+    booking = {"id": "m1", "start": iso(now - 3600), "end": iso(now - 660), "title": "Review"}
+    rec.publish(f"{BASE}/r301/bookings", [booking], retain=True)
+    daemon = start_daemon(cfg)
+    try:
+        await rec.wait_for(lambda m: m.topic.endswith("/events") and b'"shutdown"' in m.payload, 20)
+        await until(lambda: proj.state.power in ("cooling", "off"), 5, "projector off")
+        kill9(daemon)
+        # Someone switches the projector on again for an ad-hoc talk; the daemon comes back.
+        await asyncio.sleep(0.5)
+        proj.state.set_power(True)
+        daemon = start_daemon(cfg)
+        await rec.wait_for(
+            lambda m: m.topic == f"{BASE}/r301/proj/state" and m.at > time.time() - 1
+            and m.json()["online"], 20,
+        )  # fmt: skip
+        await asyncio.sleep(2.0)  # several planner ticks
+        assert len(events_of(rec, "shutdown")) == 1
+        assert proj.state.power in ("warming", "on")
+        assert [c for c in proj.commands if c.startswith("%1POWR 0")] == ["%1POWR 0"]
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(10)
+        rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
+        await proj.stop()
+
+
+async def test_kill_9_during_a_failover_does_not_fail_over_again(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    main = await PJLinkSim(ProjectorState(warmup=0.2, cooldown=0.2, power="on", input="32")).start()
+    spare = await PJLinkSim(ProjectorState(warmup=0.2, cooldown=0.2)).start()
+    data = site(
+        tmp_path, mosquitto, [projector(main, "proj", backup="spare"), projector(spare, "spare")],
+        thresholds={},
+    )  # fmt: skip
+    cfg = write_config(tmp_path / "roomd.yaml", data)
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    now = time.time()
+    booking = {"id": "m2", "start": iso(now - 600), "end": iso(now + 3600), "title": "Board"}
+    rec.publish(f"{BASE}/r301/bookings", [booking], retain=True)
+    daemon = start_daemon(cfg)
+    try:
+        await rec.wait_for(
+            lambda m: m.topic == f"{BASE}/r301/proj/state" and m.json()["online"], 20
+        )
+        main.state.faults.add("silent")
+        await until(lambda: len(events_of(rec, "failover")) == 1, 20, "failover")
+        kill9(daemon)  # right after the switch
+        spare.state.set_power(False)  # would be powered on again by a repeated failover
+        await asyncio.sleep(0.5)
+        daemon = start_daemon(cfg)
+        # The primary comes back and fails again in the same meeting: no second failover.
+        await rec.wait_for(lambda m: m.topic == f"{BASE}/_daemon/availability"
+                           and m.payload == b"online" and m.at > time.time() - 5, 20)  # fmt: skip
+        main.state.faults.discard("silent")
+        alert = f"{BASE}/r301/alerts/r301.proj.online.min"
+        await rec.wait_for(lambda m: m.topic == alert and m.payload == b"", 30)
+        cleared_at = time.time()
+        main.state.faults.add("silent")
+        await rec.wait_for(lambda m: m.topic == alert and m.payload and m.at > cleared_at, 30)
+        await asyncio.sleep(1.5)
+        assert len(events_of(rec, "failover")) == 1
+        assert spare.state.power in ("cooling", "off")
+    finally:
+        if daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(10)
+        main.state.faults.discard("silent")
+        rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
+        await main.stop()
+        await spare.stop()
