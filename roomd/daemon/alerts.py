@@ -109,12 +109,23 @@ def _compile(metric: str, t: Threshold) -> list[Rule]:
     return out
 
 
-def _fmt(value: float | str | bool | None, unit: str) -> str:
+def _fmt(value: float | str | bool | None, unit: str, decimals: int = 1) -> str:
     if isinstance(value, float):
-        text = f"{value:.1f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:g}"
+        text = f"{value:.{decimals}f}".rstrip("0").rstrip(".") if abs(value) < 1e6 else f"{value:g}"
     else:
         text = str(value)
     return f"{text} {unit}".rstrip()
+
+
+def _decimals(value: float | str, limit: float | str) -> int:
+    """Enough decimals that a value beyond its limit never reads as equal to it (1.46 m² was
+    "1.5 m² below 1.5 m²")."""
+    if not isinstance(value, int | float) or not isinstance(limit, int | float):
+        return 1
+    for decimals in range(1, 7):
+        if _fmt(float(value), "", decimals) != _fmt(float(limit), "", decimals):
+            return decimals
+    return 6
 
 
 def _message(rule: Rule, value: float | str) -> str:
@@ -127,7 +138,8 @@ def _message(rule: Rule, value: float | str) -> str:
     else:
         side = "at or below" if rule.inclusive else "below"
     limit = rule.limit
-    return f"{rule.label} {_fmt(value, rule.unit)} {side} {_fmt(limit, rule.unit)}"
+    n = _decimals(value, limit)
+    return f"{rule.label} {_fmt(value, rule.unit, n)} {side} {_fmt(limit, rule.unit, n)}"
 
 
 @dataclass(slots=True)

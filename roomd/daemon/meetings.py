@@ -311,15 +311,24 @@ class MeetingPlanner:
 
     # ---- actions -----------------------------------------------------------------------------
 
-    async def check(self, room: Room, level: int, booking: Booking | None) -> dict[str, Any]:
+    async def check(
+        self, room: Room, level: int, booking: Booking | None, on_demand: bool = False
+    ) -> dict[str, Any]:
+        """A check; its failure raises "room not ready" when it is scheduled, or on demand
+        when a meeting runs or starts within the first check level (T−2 h). Otherwise an
+        on-demand check reports and pages nobody."""
         d = self.daemon
         previous = self.last_check.get(room.id)
         if previous is not None and booking is not None:
             same = (previous.get("meeting") or {}).get("id") == booking.id
             previous = previous if same else None
         report = await d.checker.run(room, level, booking, previous)
+        now = d.clock.time()
+        near = booking is not None and booking.start - now <= d.config.meetings.check_levels[0]
+        if on_demand:
+            report["on_demand"] = True
         self.last_check[room.id] = report
-        d.publish_check(room, report)
+        d.publish_check(room, report, pages=not on_demand or near)
         self._save(room, report)
         return report
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import resource
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -97,6 +99,7 @@ class Daemon:
         self._attendees: dict[str, int] = {}
         self._announced: dict[str, float] = {}  # alert id → monotonic time last announced
         self._stopping = asyncio.Event()
+        self._fd_warned = False
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
@@ -126,6 +129,9 @@ class Daemon:
         cfg = self.config
         for warning in startup_warnings(cfg):
             log.warning("%s", warning)
+        problem = raise_descriptor_limit(sum(len(r.devices) for r in cfg.rooms))
+        if problem:
+            log.warning("%s", problem)
         await self.http.start()
         await self.mqtt.start()
         self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
@@ -561,9 +567,9 @@ class Daemon:
         alert.ts = iso(self.clock.time())
         self.emit([Transition("updated", alert)])
 
-    def publish_check(self, room: Room, report: dict[str, Any]) -> None:
+    def publish_check(self, room: Room, report: dict[str, Any], pages: bool = True) -> None:
         """A check report: stored with its messages (retained checks/latest, events), the
-        metric, and the "room not ready" alert (II at levels 0–2, I at level 3)."""
+        metric, and the "room not ready" alert (II at levels 0–2, I at level 3) when `pages`."""
         base = f"{self.mqtt.base}/{room.id}"
         latest = (f"{base}/checks/latest", _dumps(report), True, 1)
         event = self.mqtt.event(room.id, {"type": "check", **report})
@@ -575,7 +581,7 @@ class Daemon:
         )
         if report["passed"]:
             self.room_reading(room.id, {"room_ready": "ready"})
-        else:
+        elif pages:
             value = "not_ready_final" if report["level"] >= 3 else "not_ready"
             failed = ", ".join(report["failed"][:6])
             more = f" and {len(report['failed']) - 6} more" if len(report["failed"]) > 6 else ""
@@ -597,7 +603,9 @@ class Daemon:
             raise CommandError(f"no room {room_id!r}")
         now = self.clock.time()
         due, booking = self.meetings.level_due(room_id, now)
-        return await self.meetings.check(room, level if level is not None else due, booking)
+        return await self.meetings.check(
+            room, level if level is not None else due, booking, on_demand=True
+        )
 
     def purge_signins(self) -> int:
         cutoff = self.clock.time() - self.config.signins.retention
@@ -639,9 +647,27 @@ class Daemon:
             self.emit(out)
         return out
 
+    def check_descriptors(self) -> None:
+        """Say when open file descriptors near the limit (each TCP device holds one; 1,000
+        devices ≈ 1,010) — once on the way up, once on the way down."""
+        used, soft = open_descriptors(), descriptor_limit()
+        if used is None or soft is None:
+            return
+        near = used >= 0.8 * soft
+        if near and not self._fd_warned:
+            log.warning(
+                "%d of %d file descriptors in use: raise LimitNOFILE= (systemd) or ulimit -n",
+                used,
+                soft,
+            )
+        elif not near and self._fd_warned:
+            log.info("file descriptors back to %d of %d", used, soft)
+        self._fd_warned = near
+
     async def _housekeeping_loop(self) -> None:
         hourly = 0.0
         while True:
+            self.check_descriptors()
             if self.clock.monotonic() >= hourly:
                 self.purge_signins()
                 self.check_inspections()
@@ -891,6 +917,38 @@ class Daemon:
 
 class _Stop(Exception):
     pass
+
+
+def open_descriptors() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def descriptor_limit() -> int | None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_descriptor_limit(devices: int) -> str | None:
+    """A daemon needs about one descriptor per network device plus ~64 of its own: raise the
+    soft limit up to the hard one when that is short, else say so."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = devices + 64
+    if soft == resource.RLIM_INFINITY or soft >= need * 1.25:
+        return None
+    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(need * 2, soft))
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        target = soft
+    if target != resource.RLIM_INFINITY and target < need * 1.25:
+        return (
+            f"{devices} devices need about {need} file descriptors but the limit is {target}: "
+            "set LimitNOFILE= in the unit (or ulimit -n)"
+        )
+    return None
 
 
 def startup_warnings(cfg: SiteConfig) -> list[str]:

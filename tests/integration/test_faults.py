@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from roomd.simulators.modbus import ModbusTcpSim, SimSensor
 from roomd.simulators.pjlink import PJLinkSim, ProjectorState
@@ -42,13 +45,15 @@ async def test_a_broker_restarted_without_persistence_gets_every_retained_state_
     try:
         async with running(cfg) as daemon:
             await until(lambda: "r301.env.co2_ppm.max" in daemon.book.active, 10, "device alert")
-            # an inspection alert (grade IV maintenance) and a room-level one (failed check)
+            # an inspection alert (grade IV maintenance) and a room-level one (bad bookings)
             await until(
                 lambda: "r301.env.days_since_inspection.max" in daemon.book.active, 10, "inspection"
             )
-            report = await daemon.check_room("r301", 1)
-            assert report["passed"] is False
-            await until(lambda: "r301._room.room_ready.not_ready" in daemon.book.active, 5, "room")
+            rec = recorder_factory(broker.port, topic="roomd/#")
+            rec.publish(f"{BASE}/r301/bookings", b"[{", retain=True)
+            await until(lambda: "r301._room.bookings.error" in daemon.book.active, 5, "room")
+            report = await daemon.check_room("r301", 1)  # on demand, no meeting: pages nobody
+            assert report["passed"] is False and report["on_demand"] is True
             await until(lambda: daemon.store.outbox_depth == 0, 10, "outbox drained")
 
             def expected() -> dict[str, bytes]:
@@ -58,12 +63,13 @@ async def test_a_broker_restarted_without_persistence_gets_every_retained_state_
                 return want
 
             before = await asyncio.to_thread(retained_on_broker, broker.port)
+            assert before.pop(f"{BASE}/r301/bookings") == b"[{"  # the booking system's, not ours
             assert before == expected()
             kinds = {t.rsplit("/", 1)[-1] for t in before if "/alerts/" in t}
             assert kinds == {
                 "r301.env.co2_ppm.max",
                 "r301.env.days_since_inspection.max",
-                "r301._room.room_ready.not_ready",
+                "r301._room.bookings.error",
             }
             assert f"{BASE}/r301/checks/latest" in before
 
@@ -76,6 +82,7 @@ async def test_a_broker_restarted_without_persistence_gets_every_retained_state_
             assert after == expected()
             assert json.loads(after[f"{BASE}/r301/checks/latest"])["passed"] is False
             assert any(t.startswith("homeassistant/") for t in after)
+            assert f"{BASE}/r301/bookings" not in after  # a broker without persistence forgot it
     finally:
         await tcp.stop()
         broker.stop()
@@ -189,3 +196,51 @@ async def test_kill_9_during_a_failover_does_not_fail_over_again(
         rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
         await main.stop()
         await spare.stop()
+
+
+async def test_an_on_demand_check_pages_nobody_unless_a_meeting_is_near(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    env = SimSensor.of("generic-iaq", **{**NORMAL, "co2_ppm": 1500})
+    tcp = await ModbusTcpSim([env]).start()
+    cfg = write_config(
+        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
+    )
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    try:
+        async with running(cfg) as daemon:
+            await until(lambda: "r301.env.co2_ppm.max" in daemon.book.active, 10, "alert")
+            report = await daemon.check_room("r301", None)
+            assert report["passed"] is False and report["on_demand"] is True
+            await asyncio.sleep(0.3)
+            assert not [a for a in daemon.book.active if "room_ready" in a]  # was grade II
+            assert daemon.escalate_due() == []
+            # A meeting in an hour: the room is not ready, and now someone is paged.
+            now = time.time()
+            booking = {"id": "m1", "start": iso(now + 3600), "end": iso(now + 7200)}
+            rec.publish(f"{BASE}/r301/bookings", [booking], retain=True)
+            await until(lambda: daemon.meetings.next_booking("r301", now) is not None, 5, "booked")
+            await daemon.meetings.idle()
+            report = await daemon.check_room("r301", 2)
+            assert report["passed"] is False
+            assert "r301._room.room_ready.not_ready" in daemon.book.active
+    finally:
+        rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
+        await tcp.stop()
+
+
+async def test_a_clean_stop_is_not_reported_as_a_lost_broker(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    cfg = write_config(tmp_path / "roomd.yaml", site(tmp_path, mosquitto, []))
+    async with running(cfg):
+        pass
+    assert "roomd stopped" in caplog.text
+    assert "connection lost" not in caplog.text
+    # ...while a broker that goes away still is.
+    async with running(cfg) as daemon:
+        mosquitto.stop()
+        await until(lambda: not daemon.mqtt.connected.is_set(), 10, "lost")
+        assert "MQTT broker connection lost" in caplog.text
+        mosquitto.start()

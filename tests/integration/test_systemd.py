@@ -84,6 +84,8 @@ def test_unit_file_is_hardened_and_verifies() -> None:
         "CapabilityBoundingSet=\n",
         "RestrictAddressFamilies=",
         "SupplementaryGroups=dialout",
+        "LimitNOFILE=65536",
+        "SystemCallErrorNumber=EPERM",
     ):
         assert line in unit, line
     analyze = shutil.which("systemd-analyze")

@@ -181,3 +181,14 @@ def test_a_state_alert_carries_its_detail() -> None:
     book, _clock = book_with(bookings=Threshold(states={"error": "III"}, label="Bookings"))
     (t,) = book.observe("r301", "env", {"bookings": "error"}, detail="r301.ics: not a calendar")
     assert t.alert.message == "Bookings: r301.ics: not a calendar"
+
+
+def test_a_value_beyond_its_limit_never_reads_as_equal_to_it() -> None:
+    book, _ = book_with(
+        area_per_person_m2=Threshold(min=1.5, hold=0, unit="m²", label="Floor area per person"),
+        temperature_c=Threshold(max=24, hold=0, unit="°C", label="Temperature"),
+    )
+    (t,) = book.observe("r301", "env", {"area_per_person_m2": 1.46})
+    assert t.alert.message == "Floor area per person 1.46 m² below 1.5 m²"  # was "1.5 below 1.5"
+    (t,) = book.observe("r301", "env", {"temperature_c": 24.004})
+    assert t.alert.message == "Temperature 24.004 °C above 24 °C"

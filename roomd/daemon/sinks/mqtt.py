@@ -89,6 +89,7 @@ class MqttSink:
         self.on_rejected: Callable[[str], None] | None = None
         self._sock: Any = None
         self._loop_thread = 0
+        self._closing = False
 
     # ---- topics and payloads -------------------------------------------------------------
 
@@ -273,6 +274,7 @@ class MqttSink:
         client = self._client
         if client is None:
             return
+        self._closing = True  # the disconnect that follows is ours, not a lost broker
         if self.connected.is_set():
             # Drain what the outbox holds (briefly), then say goodbye retained.
             await self._drain_briefly(2.0)
@@ -384,7 +386,7 @@ class MqttSink:
         self.last_error = why
 
     def _disconnected(self, why: str) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("MQTT broker connection lost (%s); alerts wait in the outbox", why)
         self.connected.clear()
         self._untracked.clear()
