@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
+import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections import deque
@@ -212,13 +215,14 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(daemon.run(), name="daemon")
+    roomd = roomd_command()
     header = Text.from_markup(
         f"Broker: {broker_note}\n"
         f"Subscribe: [bold]mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'roomd/#' -v[/bold]\n"
         f"Metrics:   [bold]http://127.0.0.1:{http_port}/metrics[/bold]   config: {cfg_path}\n"
-        f"Check:     [bold]roomd check r301 -c {cfg_path}[/bold]\n"
-        f"Faults:    [bold]roomd simctl 127.0.0.1:{control.port} fault r301 mixer mute_main[/bold]"
-        " (then `none`)\n"
+        f"Check:     [bold]{roomd} check r301 -c {cfg_path}[/bold]\n"
+        f"Faults:    [bold]{roomd} simctl 127.0.0.1:{control.port} fault r301 mixer mute_main"
+        "[/bold] (then `none`)\n"
         "Scenario: r302 CO2 rises past 1000 ppm, r303's lights go off, r303's RS-485 climate "
         "sensor stops answering, r303's projector lamp fails and r302's projector fan warns, "
         "r303's main mix is muted and r302 picks up mains hum; each recovers. r301 stays ready. "
@@ -258,7 +262,20 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
             with contextlib.suppress(Exception):
                 await broker.shutdown()
         logging.getLogger("roomd").removeHandler(handler)
+        shutil.rmtree(workdir, ignore_errors=True)  # config, state, sockets: nothing left behind
     return 0
+
+
+def roomd_command() -> str:
+    """How to call this roomd from another terminal: the commands the demo prints must work as
+    printed, also where `roomd` is not on PATH (it lives in .venv/bin)."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "roomd" and argv0.exists():
+        here = argv0.resolve() if argv0.is_symlink() else argv0.absolute()
+        if shutil.which("roomd") == str(here):
+            return "roomd"
+        return shlex.quote(str(here))
+    return f"{shlex.quote(sys.executable)} -m roomd"
 
 
 class _EventLines(logging.Handler):

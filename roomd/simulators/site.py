@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -234,6 +235,7 @@ class SimulatedSite:
                 await room.mixer.stop()
         if self.search is not None:
             self.search.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # reader links, rosters
 
     def config(
         self,
@@ -266,6 +268,8 @@ class SimulatedSite:
                         "unit": unit.unit,
                         "poll": poll,
                         "timeout": "500ms",
+                        # one bus, one line setting: the XY-MD02 is set to 8N1 like the others
+                        "parity": "N",
                     }
                     for dev, unit in room.rtu_units.items()
                 ]
@@ -404,6 +408,11 @@ class SimControl:
                 if room.projector is not None:
                     faults = ",".join(sorted(room.projector.state.faults)) or "none"
                     out.append(f"{room.id}/projector:{faults}")
+                if room.mixer is not None:
+                    m = room.mixer
+                    main = "main_muted" if m.params.get(m.model.main_on) == 0 else "main_open"
+                    state = "silent" if m.silent else "garbage" if m.garbage else main
+                    out.append(f"{room.id}/mixer:{state}")
             return "ok " + " ".join(out)
         if cmd not in ("fault", "set", "unset") or len(args) < 2:
             return "error: commands: list | fault ROOM DEVICE FAULT | set ROOM DEVICE METRIC VALUE"
@@ -474,6 +483,8 @@ class SimControl:
             if fault in ("none", "silent", "garbage"):
                 mixer.silent = fault == "silent"
                 mixer.garbage = fault == "garbage"
+                if fault == "none":  # undoes every fault, the muted main mix included
+                    mixer.mute_main(False)
             elif fault == "drop_subscriptions":
                 mixer.drop_subscriptions()
             elif fault in ("mute_main", "unmute_main"):

@@ -214,25 +214,38 @@ def test_demo_shows_alerts_and_roomd_check_answers_against_its_rooms(tmp_path: P
         line = demo.stdout.readline()
         assert line, "demo ended before printing its header"
         header += line
-    cfg = re.search(r"roomd check r301 -c (\S+)", header)
-    ctl = re.search(r"roomd simctl (\S+) fault", header)
-    assert cfg and ctl, header
-    check = [*ROOMD, "check", "r301", "-c", cfg.group(1)]
-    ready = subprocess.run(check, capture_output=True, text=True, timeout=120)
+    # Run the commands exactly as printed, from a shell whose PATH has no venv in it.
+    check_line = re.search(r"Check:\s+(.+ check r301 -c \S+)", header)
+    fault_line = re.search(r"Faults:\s+(.+ fault r301 mixer mute_main)", header)
+    assert check_line and fault_line, header
+    cfg = re.search(r" -c (\S+)", check_line.group(1))
+    assert cfg
+    shell_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+
+    def sh(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command, shell=True, capture_output=True, text=True, timeout=120, env=shell_env
+        )
+
+    ready = sh(check_line.group(1))
     assert ready.returncode == 0, ready.stdout + ready.stderr
     text = ready.stdout
     assert "Pre-meeting check: City Hall 301 (r301)" in text and "Result:  READY" in text
     for item in ("power-on test", "sound check: sound level", "answers", "CO2"):
         assert item in text
-    inject = [*ROOMD, "simctl", ctl.group(1), "fault", "r301", "mixer", "mute_main"]
-    assert subprocess.run(inject, capture_output=True, text=True, timeout=30).returncode == 0
-    failed = subprocess.run([*check, "--format", "json"], capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    assert sh(fault_line.group(1)).returncode == 0
+    failed = sh(check_line.group(1) + " --format json")
     assert failed.returncode == 1, failed.stderr
     report = json.loads(failed.stdout)
     assert not report["passed"] and "mic: sound check: sound level" in report["failed"]
+    # `(then none)`: the printed undo really undoes the muted main mix.
+    undo = sh(fault_line.group(1).replace("mute_main", "none"))
+    assert undo.returncode == 0 and "ok r301/mixer none" in undo.stdout
+    listed = sh(fault_line.group(1).replace("fault r301 mixer mute_main", "list"))
+    assert "r301/mixer:main_open" in listed.stdout, listed.stdout
     out, _err = demo.communicate(timeout=120)
     assert demo.returncode == 0
+    assert not Path(cfg.group(1)).parent.exists(), "the demo left its temp directory behind"
     text = header + out
     assert "mosquitto_sub" in text and "/metrics" in text
     assert "CO2" in text and "online" in text
