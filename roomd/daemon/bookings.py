@@ -8,9 +8,13 @@ error into an alert for that room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import multiprocessing
 import urllib.error
 import urllib.request
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -298,11 +302,70 @@ def _fetch(source: str, timeout: float) -> bytes:
     return data
 
 
-def _fetch_and_parse(
+def read_calendar(
     source: str, room: str, start: float, end: float, limit: int, timeout: float
 ) -> Parsed:
-    """In a worker thread: reading a URL blocks, and a large calendar takes a while to parse."""
-    return parse_ical(_fetch(source, timeout), room, source, start, end, limit)
+    """Fetch and expand one source. Runs in the calendar worker process, so every failure is
+    a BookingError (it crosses the process boundary as a message)."""
+    try:
+        return parse_ical(_fetch(source, timeout), room, source, start, end, limit)
+    except BookingError:
+        raise
+    except urllib.error.HTTPError as exc:
+        raise BookingError(f"HTTP {exc.code} {exc.reason}") from None
+    except OSError as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise BookingError(f"cannot read: {reason}") from None
+
+
+class CalendarWorker:
+    """Calendars are other people's files, expanded by libraries that walk every occurrence
+    from DTSTART: a DAILY rule from year 26 took 304 s in bench/fuzz_parsers.py. They are read
+    in one separate process, one at a time, each with a time budget; a source that runs over is
+    reported and its process killed, and the next read starts a fresh one. A thread could not
+    be stopped, and it would hold the GIL the event loop needs."""
+
+    def __init__(self, budget: float = 20.0) -> None:
+        self.budget = budget
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = asyncio.Lock()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn, not fork: the daemon has threads (paho's connect, to_thread) a fork copies
+            # mid-lock.
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        return self._pool
+
+    async def read(
+        self, source: str, room: str, start: float, end: float, limit: int, timeout: float
+    ) -> Parsed:
+        async with self._lock:  # one at a time: each budget counts only its own work
+            loop = asyncio.get_running_loop()
+            future = loop.run_in_executor(
+                self._executor(), read_calendar, source, room, start, end, limit, timeout
+            )
+            try:
+                async with asyncio.timeout(self.budget):
+                    return await future
+            except TimeoutError:
+                self.close()
+                raise BookingError(
+                    f"took longer than {self.budget:g} s to read and expand; left out"
+                ) from None
+            except BrokenProcessPool:
+                self.close()
+                raise BookingError("the calendar worker process died reading it") from None
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        # The executor has no way to stop a running call: end its process.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(Exception):
+                process.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
@@ -328,23 +391,23 @@ class RoomBookings:
         return sorted(merged.values(), key=lambda b: b.start)
 
     async def refresh(
-        self, now: float, horizon: float, limit: int = MAX_BOOKINGS, timeout: float = 10.0
+        self,
+        worker: CalendarWorker,
+        now: float,
+        horizon: float,
+        limit: int = MAX_BOOKINGS,
+        timeout: float = 10.0,
     ) -> None:
         """Re-read every calendar source; [now − 1 day, now + horizon] is expanded."""
         for source in self.sources:
             try:
-                parsed = await asyncio.to_thread(
-                    _fetch_and_parse, source, self.room, now - 86400, now + horizon, limit, timeout
+                parsed = await worker.read(
+                    source, self.room, now - 86400, now + horizon, limit, timeout
                 )
                 self.by_source[source] = parsed.bookings
                 self._note(source, parsed.problem(limit), source)
             except BookingError as exc:
                 self.errors[source] = f"{source}: {exc}"
-            except urllib.error.HTTPError as exc:
-                self.errors[source] = f"{source}: HTTP {exc.code} {exc.reason}"
-            except OSError as exc:
-                reason = getattr(exc, "reason", None) or exc.strerror or exc
-                self.errors[source] = f"{source}: cannot read: {reason}"
 
     def _note(self, source: str, problem: str | None, label: str) -> None:
         if problem:

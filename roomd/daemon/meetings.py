@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..drivers.base import CommandError, DeviceError, Readings
 from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
-from .bookings import OFF_LOOP_BYTES, Booking, RoomBookings, parse_push
+from .bookings import OFF_LOOP_BYTES, Booking, CalendarWorker, RoomBookings, parse_push
 from .checks import render_html
 from .clock import iso
 from .config import ROOM_DEVICE, Room, SiteConfig
@@ -79,6 +79,7 @@ class MeetingPlanner:
         self._last_tick: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._push_seq: dict[str, int] = {}
+        self.calendars = CalendarWorker()
         self.configure(daemon.config)
 
     # ---- config and bookings -----------------------------------------------------------------
@@ -102,7 +103,10 @@ class MeetingPlanner:
         cfg = self.daemon.config.meetings
         now = self.daemon.clock.time()
         await asyncio.gather(
-            *(rb.refresh(now, cfg.horizon, cfg.max_bookings) for rb in self.rooms.values())
+            *(
+                rb.refresh(self.calendars, now, cfg.horizon, cfg.max_bookings)
+                for rb in self.rooms.values()
+            )
         )
         for room_id in self.rooms:
             self._report_sources(room_id)
@@ -303,6 +307,7 @@ class MeetingPlanner:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        self.calendars.close()
 
     async def idle(self) -> None:
         """Wait until every action started so far has finished (tests, shutdown)."""

@@ -3,7 +3,6 @@ sources that fail without losing the last good bookings."""
 
 from __future__ import annotations
 
-import asyncio
 import http.server
 import json
 import threading
@@ -15,6 +14,7 @@ import pytest
 
 from roomd.daemon.bookings import (
     BookingError,
+    CalendarWorker,
     RoomBookings,
     parse_bookings_message,
     parse_ical,
@@ -142,27 +142,55 @@ def http_calendar(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
-def test_sources_over_http_keep_the_last_good_bookings(http_calendar: tuple[str, Path]) -> None:
+async def test_sources_over_http_keep_the_last_good_bookings(
+    http_calendar: tuple[str, Path],
+) -> None:
     url, folder = http_calendar
-    rb = RoomBookings("r301", (f"{url}/r301.ics", str(folder / "local.ics")))
-    (folder / "local.ics").write_bytes(cal("UID:local\nDTSTART:20261123T160000Z\nDURATION:PT1H"))
-    asyncio.run(rb.refresh(DAY, 14 * 86400))
-    assert not rb.errors
-    assert "local" in [b.id for b in rb.all()] and len(rb.all()) == 4
-    # The web calendar breaks and the file disappears: errors name the source, bookings stay.
-    (folder / "r301.ics").write_text("garbage")
-    (folder / "local.ics").unlink()
-    asyncio.run(rb.refresh(DAY, 14 * 86400))
-    assert "not an iCalendar file" in rb.errors[f"{url}/r301.ics"]
-    assert "cannot read" in rb.errors[str(folder / "local.ics")]
-    assert len(rb.all()) == 4
-    missing = RoomBookings("r302", (f"{url}/nope.ics",))
-    asyncio.run(missing.refresh(DAY, 86400))
-    assert (
-        "404" in missing.errors[f"{url}/nope.ics"]
-        or "Not Found" in missing.errors[f"{url}/nope.ics"]
-    )
-    assert rb.current(DAY + 9.5 * 3600) is not None and rb.current(DAY + 11 * 3600) is None
+    worker = CalendarWorker()
+    try:
+        rb = RoomBookings("r301", (f"{url}/r301.ics", str(folder / "local.ics")))
+        (folder / "local.ics").write_bytes(
+            cal("UID:local\nDTSTART:20261123T160000Z\nDURATION:PT1H")
+        )
+        await rb.refresh(worker, DAY, 14 * 86400)
+        assert not rb.errors
+        assert "local" in [b.id for b in rb.all()] and len(rb.all()) == 4
+        # The web calendar breaks and the file disappears: errors name the source, bookings stay.
+        (folder / "r301.ics").write_text("garbage")
+        (folder / "local.ics").unlink()
+        await rb.refresh(worker, DAY, 14 * 86400)
+        assert "not an iCalendar file" in rb.errors[f"{url}/r301.ics"]
+        assert "cannot read" in rb.errors[str(folder / "local.ics")]
+        assert len(rb.all()) == 4
+        missing = RoomBookings("r302", (f"{url}/nope.ics",))
+        await missing.refresh(worker, DAY, 86400)
+        assert "HTTP 404" in missing.errors[f"{url}/nope.ics"]
+        assert rb.current(DAY + 9.5 * 3600) is not None and rb.current(DAY + 11 * 3600) is None
+    finally:
+        worker.close()
+
+
+async def test_a_calendar_that_takes_too_long_is_cut_off_and_the_next_one_still_read(
+    tmp_path: Path,
+) -> None:
+    """A DAILY rule from the year 26 walks 730,000 days before the window (304 s in the fuzz
+    bench). The worker process is killed at the budget; the event loop never waited."""
+    import time
+
+    slow = tmp_path / "slow.ics"
+    slow.write_bytes(cal("UID:old\nDTSTART:00260101T090000Z\nDURATION:PT1H\nRRULE:FREQ=DAILY"))
+    good = tmp_path / "good.ics"
+    good.write_bytes(cal("UID:ok\nDTSTART:20261123T090000Z\nDTEND:20261123T100000Z"))
+    worker = CalendarWorker(budget=2.0)
+    try:
+        rb = RoomBookings("r301", (str(slow), str(good)))
+        started = time.monotonic()
+        await rb.refresh(worker, DAY, 86400)
+        assert time.monotonic() - started < 10
+        assert rb.errors[str(slow)].endswith("took longer than 2 s to read and expand; left out")
+        assert [b.id for b in rb.all()] == ["ok"] and str(good) not in rb.errors
+    finally:
+        worker.close()
 
 
 def test_a_secondly_rule_is_left_out_quickly_and_named() -> None:
