@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from .base import (
     Driver,
     DriverContext,
     Readings,
+    ReadingValue,
     split_host,
 )
 from .projector_hooks import ProjectorHooks
@@ -462,13 +464,24 @@ class PJLinkDriver(ProjectorHooks, Driver):
             if not pj.valid_input(code):
                 raise CommandError('args.input: a PJLink input code like "31" (HDMI 1 on most)')
             cls = 2 if (code[0] == "6" or not code[1].isdigit()) else 1
-            return await self._set("INPT", code, cls, {"input": code})
+            return await self._set("INPT", code, cls, "input", str.strip)
         if name == "mute":
             target, state = args.get("target", "both"), args.get("state")
             avmt = pj.AVMT_CODES.get((str(target), str(state)))
             if avmt is None:
                 raise CommandError('args: target "video"|"audio"|"both" and state "on"|"off"')
-            return await self._set("AVMT", avmt, 1, {"av_mute": pj.AVMT[avmt]})
+            return await self._set("AVMT", avmt, 1, "av_mute", pj.parse_avmt)
+        if name == "freeze":
+            state = args.get("state")
+            if state not in ("on", "off"):
+                raise CommandError('args.state: "on" or "off"')
+            return await self._set("FREZ", "1" if state == "on" else "0", 2, "freeze", _on_off)
+        if name == "volume":
+            target, step = args.get("target", "speaker"), args.get("step")
+            if target not in ("speaker", "microphone") or step not in ("up", "down"):
+                raise CommandError('args: target "speaker"|"microphone" and step "up"|"down"')
+            command = "SVOL" if target == "speaker" else "MVOL"
+            return await self._set(command, "1" if step == "up" else "0", 2, None, None)
         return await super().command(name, args)
 
     async def _power(self, state: str) -> dict[str, Any]:
@@ -496,16 +509,36 @@ class PJLinkDriver(ProjectorHooks, Driver):
             self.push({"projector_power": self.power})
         return {"projector_power": self.power}
 
-    async def _set(self, command: str, param: str, cls: int, result: Readings) -> dict[str, Any]:
+    async def _set(
+        self,
+        command: str,
+        param: str,
+        cls: int,
+        key: str | None,
+        parse: Callable[[str], ReadingValue] | None,
+    ) -> dict[str, Any]:
+        """Set, then read back: the result is what the projector says it did (video mute
+        stays on when only audio was unmuted), not what was asked."""
+        result: Readings = {}
         async with self.lock:
             s = await self._session()
             try:
                 self._check(await s.query(command, param, cls))
+                if key is not None and parse is not None:
+                    reply = await s.query(command, "?", cls)
+                    if reply.error is not None:
+                        raise DeviceRefused(
+                            f"set, but reading {command} back answered {reply.error} "
+                            f"({pj.ERRORS[reply.error]})"
+                        )
+                    result[key] = parse(reply.param)
+            except pj.ProtocolError as exc:
+                raise DeviceProtocolError(str(exc)) from None
             finally:
                 s.close()
-        if self.push is not None:
+        if self.push is not None and result:
             self.push(result)
-        return dict(result)
+        return dict(result) if result else {"ok": True}
 
     @staticmethod
     def _check(reply: pj.Reply) -> None:
@@ -514,3 +547,10 @@ class PJLinkDriver(ProjectorHooks, Driver):
             raise DeviceRefused(f"projector answered {err} ({pj.ERRORS[err]})")
         if not reply.ok:
             raise DeviceProtocolError(f"expected OK, got {reply.param!r}")
+
+
+def _on_off(param: str) -> str:
+    value = param.strip()
+    if value not in ("0", "1"):
+        raise pj.ProtocolError(f"expected 0 or 1, got {param!r}")
+    return "on" if value == "1" else "off"

@@ -17,7 +17,27 @@ from dataclasses import dataclass, field
 
 from ..drivers import pjlink_protocol as pj
 
-FAULTS = ("lamp", "fan", "temperature", "err3_standby", "silent", "drop", "garbage", "slow")
+FAULTS = (
+    "lamp",
+    "fan",
+    "temperature",
+    "err3_standby",
+    "silent",
+    "drop",
+    "garbage",
+    "slow",
+    "failure",  # ERR4 (projector/display failure) to every control and status request
+)
+# The two mute flags → the code a projector reports (PJLink AVMT: 11 video, 21 audio, 31 both).
+_AVMT_OF = {(True, True): "31", (True, False): "11", (False, True): "21", (False, False): "30"}
+_AVMT_SET = {"10": ("video", False), "11": ("video", True), "20": ("audio", False),
+             "21": ("audio", True), "30": ("both", False), "31": ("both", True)}  # fmt: skip
+# Class 1 and 2 commands this projector knows (anything else: ERR1, undefined command).
+_KNOWN = {
+    "POWR", "INPT", "AVMT", "ERST", "LAMP", "INST", "NAME", "INF1", "INF2", "INFO", "CLSS",
+    "SNUM", "SVER", "INNM", "IRES", "RRES", "FILT", "RLMP", "RFIL", "FREZ", "SVOL", "MVOL",
+}  # fmt: skip
+_IDENTITY = {"CLSS", "NAME", "INF1", "INF2", "INFO", "SNUM", "SVER", "INST", "INNM", "RLMP", "RFIL"}
 QUIRKS = ("lowercase", "nul_padding", "class_text", "lkup_before_reply", "one_connection")
 
 
@@ -37,6 +57,9 @@ class ProjectorState:
         default_factory=lambda: {"11": "RGB", "31": "HDMI 1", "32": "HDMI 2", "51": "LAN"}
     )
     av_mute: str = "30"
+    frozen: bool = False
+    speaker_volume: int = 10  # SVOL steps, 0..20
+    mic_volume: int = 10  # MVOL steps, 0..20
     name: str = "Room Projector"
     manufacturer: str = "ROOMD"
     product: str = "SIM-PJ 2000"
@@ -157,6 +180,8 @@ class PJLinkSim:
                     await asyncio.sleep(st.slow_delay)
                 self.commands.append(line)
                 reply = self.answer(line)
+                if reply is None:
+                    continue  # not a PJLink request: a projector answers nothing
                 out = b""
                 if "lkup_before_reply" in st.quirks:
                     out += f"%2LKUP={st.mac}\r".encode()
@@ -179,19 +204,22 @@ class PJLinkSim:
             s.bind((self.host, 0))
             s.sendto(line.encode() + b"\r", to)
 
-    def answer(self, line: str) -> str:
-        """One request line (`%1POWR ?`) → its reply line with CR."""
+    def answer(self, line: str) -> str | None:
+        """One request line (`%1POWR ?`) → its reply line with CR; None for a line that is not
+        a request at all (real projectors stay silent rather than invent a reply)."""
         st = self.state
         st.tick()
-        if len(line) < 7 or line[0] != "%" or line[1] not in "12":
-            return "%1ERR1=ERR1\r"  # not a command: nothing sensible to echo
+        if len(line) < 7 or line[0] != "%" or line[1] not in "12" or line[6] != " ":
+            return None
         cls, cmd, param = int(line[1]), line[2:6].upper(), line[7:].strip()
 
         def r(value: str) -> str:
             return f"%{cls}{cmd}={value}\r"
 
-        if cls > st.pj_class:
-            return r("ERR1")
+        if cls > st.pj_class or cmd not in _KNOWN:
+            return r("ERR1")  # undefined command, with or without a parameter
+        if "failure" in st.faults and cmd not in _IDENTITY:
+            return r("ERR4")
         standby_err3 = "err3_standby" in st.faults and st.power != "on"
         if cmd == "POWR":
             if param == "?":
@@ -211,11 +239,33 @@ class PJLinkSim:
         if cmd == "AVMT":
             if param == "?":
                 return r("ERR3") if standby_err3 else r(st.av_mute)
-            if param not in pj.AVMT:
+            if param not in _AVMT_SET:
                 return r("ERR2")
             if st.power != "on":
                 return r("ERR3")
-            st.av_mute = param
+            # Video and audio mute are two flags: "20" (audio off) leaves video muted.
+            video, audio = st.av_mute in ("11", "31"), st.av_mute in ("21", "31")
+            target, mute = _AVMT_SET[param]
+            if target in ("video", "both"):
+                video = mute
+            if target in ("audio", "both"):
+                audio = mute
+            st.av_mute = _AVMT_OF[(video, audio)]
+            return r("OK")
+        if cls == 2 and cmd == "FREZ":
+            if param == "?":
+                return r("ERR3") if st.power != "on" else r("1" if st.frozen else "0")
+            if param not in ("0", "1"):
+                return r("ERR2")
+            if st.power != "on":
+                return r("ERR3")
+            st.frozen = param == "1"
+            return r("OK")
+        if cls == 2 and cmd in ("SVOL", "MVOL"):
+            if param not in ("0", "1"):  # down / up; there is no query
+                return r("ERR2")
+            attr = "speaker_volume" if cmd == "SVOL" else "mic_volume"
+            setattr(st, attr, max(0, min(20, getattr(st, attr) + (1 if param == "1" else -1))))
             return r("OK")
         if param != "?" and cmd not in ("INNM",):
             return r("ERR2")

@@ -266,3 +266,59 @@ async def test_class2_notifications_update_state_at_once() -> None:
         for shared in d.context.shared.values():
             shared.close()
         await sim.stop()
+
+
+async def test_a_set_reports_what_the_projector_did_not_what_was_asked() -> None:
+    """Audio unmuted while video stays muted: the projector still mutes video (AVMT 11); the
+    result used to say what was asked ("audio off")."""
+    sim = await started(power="on")
+    try:
+        d = driver(sim)
+        pushed: list[dict[str, Any]] = []
+        d.push = pushed.append
+        assert await d.command("mute", {"target": "both", "state": "on"}) == {"av_mute": "both"}
+        assert await d.command("mute", {"target": "audio", "state": "off"}) == {"av_mute": "video"}
+        assert sim.state.av_mute == "11" and pushed[-1] == {"av_mute": "video"}
+        assert await d.command("input", {"input": "32"}) == {"input": "32"}
+        assert await d.command("freeze", {"state": "on"}) == {"freeze": "on"}
+        assert sim.state.frozen
+        assert await d.command("volume", {"target": "speaker", "step": "up"}) == {"ok": True}
+        assert sim.state.speaker_volume == 11
+        assert "%1AVMT ?" in sim.commands and "%2FREZ ?" in sim.commands
+    finally:
+        await sim.stop()
+
+
+async def test_the_simulator_answers_like_a_strict_projector() -> None:
+    sim = await started(power="on")
+    try:
+        reader, writer = await asyncio.open_connection(sim.host, sim.port)
+        assert await reader.readuntil(b"\r") == b"PJLINK 0\r"
+
+        async def ask(line: bytes, expect_reply: bool = True) -> bytes | None:
+            writer.write(line + b"\r")
+            await writer.drain()
+            if not expect_reply:
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(0.3):
+                        await reader.readuntil(b"\r")
+                return None
+            return await reader.readuntil(b"\r")
+
+        assert await ask(b"%1ZOOM 1") == b"%1ZOOM=ERR1\r"  # undefined command with a parameter
+        assert await ask(b"%1ZOOM ?") == b"%1ZOOM=ERR1\r"
+        assert await ask(b"%2FREZ 1") == b"%2FREZ=OK\r"
+        assert await ask(b"%2FREZ ?") == b"%2FREZ=1\r"
+        assert await ask(b"%2SVOL 0") == b"%2SVOL=OK\r"
+        assert await ask(b"%2MVOL ?") == b"%2MVOL=ERR2\r"  # volume has no query
+        assert await ask(b"hello", expect_reply=False) is None  # not a request: no reply
+        assert await ask(b"%1POWR", expect_reply=False) is None
+        sim.state.faults.add("failure")
+        assert await ask(b"%1POWR ?") == b"%1POWR=ERR4\r"
+        assert await ask(b"%1NAME ?") == b"%1NAME=Room Projector\r"  # identity still answers
+        writer.close()
+        d = driver(sim)
+        readings = await d.poll()
+        assert readings["projector_fault"] == 1  # ERR4 → the profile's grade II failure
+    finally:
+        await sim.stop()
