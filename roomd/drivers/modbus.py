@@ -73,6 +73,8 @@ class ModbusConfig(DeviceConfig):
     poll: Duration = 5.0
     timeout: Duration = 1.0
     delay_after_connect: Duration = 0.0
+    # TCP: connections this device's host:port may have at once (gateways often take one).
+    max_connections: int = Field(1, ge=1, le=16)
     # RTU: silence on the bus after a unit did not answer, before the next request. A slave
     # still waiting for the rest of a frame loses its framing if the next one comes at once;
     # Modbus's 3.5 character times is the floor, not enough after a timeout.
@@ -143,7 +145,9 @@ class _TcpLink(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.pending: dict[int, asyncio.Future[ModbusPDU]] = {}
+        self.units: dict[int, int] = {}  # transaction id → the unit it was sent to
         self.next_tid = 0
+        self.last_reply = 0.0  # loop time of the last frame received
         self.closed = asyncio.Event()
 
     @classmethod
@@ -178,6 +182,7 @@ class _TcpLink(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(exc)
         self.pending.clear()
+        self.units.clear()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data
@@ -187,13 +192,21 @@ class _TcpLink(asyncio.Protocol):
                 self._fail_all(DeviceProtocolError(f"corrupt Modbus TCP frame: {buf[:16].hex()}"))
                 self.close()
                 return
-            used, _dev, tid, pdu_bytes = self.framer.decode(buf)
+            used, unit, tid, pdu_bytes = self.framer.decode(buf)
             if not used:
                 break
             buf = buf[used:]
+            self.last_reply = asyncio.get_running_loop().time()
             fut = self.pending.pop(tid, None)
+            expected = self.units.pop(tid, unit)
             if fut is None or fut.done():
                 continue  # a late reply to a request that already timed out
+            if unit != expected:
+                # Behind a gateway, a reply from the wrong unit is someone else's reading.
+                fut.set_exception(
+                    DeviceProtocolError(f"reply from unit {unit} to a request for unit {expected}")
+                )
+                continue
             try:
                 fut.set_result(decode_response(pdu_bytes))
             except DeviceProtocolError as exc:
@@ -209,6 +222,7 @@ class _TcpLink(asyncio.Protocol):
         fut: asyncio.Future[ModbusPDU] = loop.create_future()
         tid = pdu.transaction_id
         self.pending[tid] = fut
+        self.units[tid] = pdu.dev_id
         self.transport.write(self.framer.buildFrame(pdu))
         # A bare timer is much cheaper than asyncio.timeout() on this hot path.
         timer = loop.call_later(timeout, self._expire, tid, timeout)
@@ -218,6 +232,7 @@ class _TcpLink(asyncio.Protocol):
             timer.cancel()
 
     def _expire(self, tid: int, timeout: float) -> None:
+        self.units.pop(tid, None)
         fut = self.pending.pop(tid, None)
         if fut is not None and not fut.done():
             fut.set_exception(DeviceTimeout(f"no reply within {timeout:g}s"))
@@ -226,6 +241,46 @@ class _TcpLink(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+
+
+class TcpGateway:
+    """Every device at one host:port shares its connections (RS-485-to-TCP gateways often take
+    a single client; a second connection is refused or drops the first). Units are told apart
+    by unit id and multiplexed by transaction id; up to `max_connections` links are opened,
+    the least busy one carries the next request."""
+
+    def __init__(self, host: str, port: int, max_connections: int) -> None:
+        self.host, self.port = host, port
+        self.max_connections = max_connections
+        self.links: list[_TcpLink] = []
+        self.users = 0
+        self._opening = asyncio.Lock()
+
+    async def link(self, timeout: float, delay_after_connect: float) -> _TcpLink:
+        alive = [link for link in self.links if link.transport is not None]
+        self.links = alive
+        idle = [link for link in alive if not link.pending]
+        if idle or len(alive) >= self.max_connections:
+            return min(alive, key=lambda link: len(link.pending))
+        async with self._opening:  # devices polled at once open one connection, not N
+            alive = [link for link in self.links if link.transport is not None]
+            if alive and (len(alive) >= self.max_connections or not alive[-1].pending):
+                return min(alive, key=lambda link: len(link.pending))
+            link = await _TcpLink.open(self.host, self.port, timeout)
+            if delay_after_connect:
+                await asyncio.sleep(delay_after_connect)
+            self.links.append(link)
+            return link
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.close()
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+        self.links = []
 
 
 def split_rtu_frame(framer: FramerRTU, data: bytes) -> tuple[int, int, bytes | None]:
@@ -361,7 +416,7 @@ class ModbusDriver(Driver):
         self.model = config.device_model
         self.unit = config.unit if config.unit is not None else self.model.default_unit
         self.blocks: list[ReadBlock] = plan_reads(self.model)
-        self._tcp: _TcpLink | None = None
+        self._gateway: TcpGateway | None = None
         self._bus: RtuBus | None = None
         if config.port is not None:
             self._bus = self._shared_bus(config)
@@ -386,15 +441,22 @@ class ModbusDriver(Driver):
     def metrics(self) -> list[str]:
         return self.model.metrics
 
-    async def _link(self) -> _TcpLink:
-        if self._tcp is not None and self._tcp.transport is not None:
-            return self._tcp
+    def _shared_gateway(self) -> TcpGateway:
         assert self.cfg.host is not None
         host, port = _split_host(self.cfg.host)
-        self._tcp = await _TcpLink.open(host, port, self.cfg.timeout)
-        if self.cfg.delay_after_connect:
-            await asyncio.sleep(self.cfg.delay_after_connect)
-        return self._tcp
+        key = f"modbus-tcp:{host}:{port}"
+        gateway = self.context.shared.get(key)
+        if gateway is None:
+            gateway = self.context.shared[key] = TcpGateway(host, port, self.cfg.max_connections)
+        # The strictest limit any of its devices names wins (a single-client gateway).
+        gateway.max_connections = min(gateway.max_connections, self.cfg.max_connections)
+        return gateway
+
+    async def _link(self) -> _TcpLink:
+        if self._gateway is None:
+            self._gateway = self._shared_gateway()
+            self._gateway.users += 1
+        return await self._gateway.link(self.cfg.timeout, self.cfg.delay_after_connect)
 
     async def _request(self, pdu: ModbusPDU) -> ModbusPDU:
         pdu.dev_id = self.unit
@@ -404,8 +466,12 @@ class ModbusDriver(Driver):
             link = await self._link()
             try:
                 reply = await link.request(pdu, self.cfg.timeout)
-            except (DeviceTimeout, DeviceProtocolError):
-                link.close()  # a fresh connection resynchronizes the stream
+            except DeviceTimeout:
+                # One silent unit behind a gateway says nothing about the connection; a link
+                # that has heard nothing for several timeouts is dead: reconnect.
+                quiet = asyncio.get_running_loop().time() - link.last_reply
+                if quiet > 3 * self.cfg.timeout:
+                    link.close()
                 raise
         if isinstance(reply, ExceptionResponse) or reply.function_code & 0x80:
             code = reply.exception_code
@@ -475,7 +541,7 @@ class ModbusDriver(Driver):
         return await super().command(name, args)
 
     async def close(self) -> None:
-        if self._tcp is not None:
-            self._tcp.close()
-            self._tcp = None
+        if self._gateway is not None:
+            self._gateway.release()  # the connection closes with its last device
+            self._gateway = None
         # An RTU bus is shared: the supervisor closes it when its last device stops.

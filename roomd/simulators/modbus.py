@@ -26,8 +26,10 @@ from ..daemon.profiles import DeviceModel, load_model
 from ..drivers.modbus import split_rtu_frame
 from .pty import Pty
 
-Fault = Literal["none", "silent", "exception", "corrupt", "slow", "disconnect"]
-FAULTS: tuple[Fault, ...] = ("none", "silent", "exception", "corrupt", "slow", "disconnect")
+Fault = Literal["none", "silent", "exception", "corrupt", "slow", "disconnect", "wrong_unit"]
+FAULTS: tuple[Fault, ...] = (
+    "none", "silent", "exception", "corrupt", "slow", "disconnect", "wrong_unit",
+)  # fmt: skip
 
 ValueSource = Callable[[str], float | None]
 
@@ -114,6 +116,13 @@ class _TcpSession(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        limit = self.server.max_clients
+        self.server.connections += 1
+        if limit is not None and len(self.server.sessions) >= limit:
+            # A single-client RS-485 gateway: the second controller is closed at once.
+            self.server.refused += 1
+            transport.close()
+            return
         self.transport = transport
         self.server.sessions.add(self)
 
@@ -154,6 +163,8 @@ class _TcpSession(asyncio.Protocol):
             self._send(b"\x13\x37\xde\xad\xbe\xef\x00\x01\x02\x03\x04")
             return
         frame = _reply_bytes(self.framer, request, sensor.handle(request))
+        if sensor.fault == "wrong_unit":  # a confused gateway: the reply names another unit
+            frame = frame[:6] + bytes([(frame[6] + 1) & 0xFF]) + frame[7:]
         if sensor.fault == "slow":
             asyncio.get_running_loop().call_later(sensor.slow_delay, self._send, frame)
         else:
@@ -167,12 +178,21 @@ class _TcpSession(asyncio.Protocol):
 class ModbusTcpSim:
     """A Modbus TCP server on 127.0.0.1 hosting one or more units (a sensor or a gateway)."""
 
-    def __init__(self, sensors: list[SimSensor], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        sensors: list[SimSensor],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_clients: int | None = None,
+    ) -> None:
         self.sensors = {s.unit: s for s in sensors}
         self.host = host
         self.port = port
+        self.max_clients = max_clients  # gateways often serve one client; None: any number
         self.server: asyncio.Server | None = None
         self.sessions: set[_TcpSession] = set()
+        self.connections = 0
+        self.refused = 0
 
     @property
     def sensor(self) -> SimSensor:

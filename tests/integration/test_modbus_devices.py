@@ -17,6 +17,7 @@ from roomd.drivers.base import (
 )
 from roomd.drivers.modbus import ModbusConfig, ModbusDriver
 from roomd.simulators.modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
+from tests.conftest import until
 
 
 def driver(ctx: DriverContext, model: str, timeout: float = 0.3, **kw: object) -> ModbusDriver:
@@ -244,3 +245,57 @@ async def test_after_a_timeout_the_bus_stays_quiet_before_the_next_request() -> 
         for b in ctx.shared.values():
             b.close()
         bus.stop()
+
+
+async def test_units_behind_a_single_client_gateway_share_one_connection() -> None:
+    """RS-485-to-TCP gateways often take one client: a connection per device meant the
+    second device never connected. Units share the gateway's connection, matched by
+    transaction id, and a reply is checked against the unit it was asked of."""
+    th = SimSensor.of("xy-md02", unit=1, temperature_c=21.5, humidity_pct=40.0)
+    co2 = SimSensor.of("senseair-s8", unit=254, co2_ppm=640)
+    silent = SimSensor.of("xy-md02", unit=7, temperature_c=1, humidity_pct=1)
+    silent.fault = "silent"
+    gw = await ModbusTcpSim([th, co2, silent], max_clients=1).start()
+    ctx = DriverContext()
+    devices = [
+        driver(ctx, "xy-md02", host=gw.address, unit=1),
+        driver(ctx, "senseair-s8", host=gw.address, unit=254),
+        driver(ctx, "xy-md02", host=gw.address, unit=7, timeout=0.2),
+    ]
+    try:
+        for _ in range(3):
+            results = await asyncio.gather(*(d.poll() for d in devices), return_exceptions=True)
+            assert results[0] == {"temperature_c": 21.5, "humidity_pct": 40.0}
+            assert results[1] == {"co2_ppm": 640}
+            assert isinstance(results[2], DeviceTimeout)  # one silent unit, the others unharmed
+        assert (gw.connections, gw.refused) == (1, 0)
+        co2.fault = "wrong_unit"
+        with pytest.raises(
+            DeviceProtocolError, match="reply from unit 255 to a request for unit 254"
+        ):
+            await devices[1].poll()
+        co2.fault = "none"
+        assert await devices[1].poll() == {"co2_ppm": 640}
+        assert gw.connections == 1  # a wrong unit id does not cost the shared connection
+        for d in devices:
+            await d.close()
+        await until(lambda: not gw.sessions, 2, "the connection closes with its last device")
+    finally:
+        await gw.stop()
+
+
+async def test_a_gateway_connection_limit_above_one_spreads_requests() -> None:
+    sensors = [SimSensor.of("senseair-s8", unit=u, co2_ppm=600 + u) for u in range(1, 7)]
+    gw = await ModbusTcpSim(sensors, max_clients=2).start()
+    ctx = DriverContext()
+    devices = [
+        driver(ctx, "senseair-s8", host=gw.address, unit=u, max_connections=2) for u in range(1, 7)
+    ]
+    try:
+        results = await asyncio.gather(*(d.poll() for d in devices))
+        assert results == [{"co2_ppm": 600 + u} for u in range(1, 7)]
+        assert gw.connections == 2 and gw.refused == 0
+    finally:
+        for d in devices:
+            await d.close()
+        await gw.stop()

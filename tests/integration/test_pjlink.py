@@ -322,3 +322,32 @@ async def test_the_simulator_answers_like_a_strict_projector() -> None:
         assert readings["projector_fault"] == 1  # ERR4 → the profile's grade II failure
     finally:
         await sim.stop()
+
+
+async def test_a_second_third_party_client_aiopjlink_drives_the_simulator() -> None:
+    """aiopjlink (PyPI, Class 1 and 2) checks replies strictly: mute states as two flags,
+    FREZ, SVOL/MVOL, ERR codes as its own exception types."""
+    from aiopjlink import PJLink  # type: ignore[import-untyped]
+    from aiopjlink.projector import PJLinkERR3, PJLinkERR4  # type: ignore[import-untyped]
+
+    sim = await started(power="on")
+    try:
+        async with PJLink(address=sim.host, port=sim.port, timeout=2) as link:
+            assert str(await link.power.get()) == "State.ON"
+            await link.mute.both(True)
+            await link.mute.audio(False)
+            assert await link.mute.status() == (True, False)  # video stays muted
+            await link.freeze.set(True)
+            assert await link.freeze.get() is True
+            await link.speaker.turn_up()
+            await link.microphone.turn_down()
+            assert (sim.state.speaker_volume, sim.state.mic_volume) == (11, 9)
+            await link.power.turn_off()
+            await asyncio.sleep(0.5)  # cooled down
+            with pytest.raises(PJLinkERR3):
+                await link.freeze.set(False)  # not in standby
+            sim.state.faults.add("failure")
+            with pytest.raises(PJLinkERR4):
+                await link.power.get()
+    finally:
+        await sim.stop()
