@@ -24,6 +24,7 @@ from . import x32_protocol as osc
 from .base import (
     CommandError,
     DeviceConfig,
+    DeviceError,
     DeviceProtocolError,
     DeviceTimeout,
     DeviceUnreachable,
@@ -36,7 +37,9 @@ from .udp import DatagramEndpoint
 
 log = logging.getLogger("roomd.x32")
 
-SUBSCRIPTION_RENEW = 9.0  # seconds: both subscriptions lapse after 10 s
+# Both subscriptions lapse after 10 s on the desk. Renewed on a timer of their own, well inside
+# the window and whatever the poll interval: renewing from polls gave gaps of 9.0–10.08 s.
+SUBSCRIPTION_RENEW = 5.0
 # Per-channel thresholds are written once in a profile under these names and copied to each
 # configured channel (`ch_mute` → `ch03_mute`).
 CHANNEL_TEMPLATES = ("ch_mute", "ch_fader_db", "ch_level_dbfs", "ch_silent_seconds")
@@ -119,6 +122,7 @@ class MixerDriver(Driver):
         self._heard_at = 0.0
         self._meters_at = 0.0
         self._xremote_at = -1e9
+        self._renewal: asyncio.TimerHandle | None = None
         self._meters_sub_at = -1e9
         self._refreshed_at = -1e9
         self.bad_packets = 0
@@ -163,7 +167,23 @@ class MixerDriver(Driver):
         except OSError as exc:
             raise DeviceUnreachable(f"{self.host}:{self.port}: {exc.strerror or exc}") from exc
         self._endpoint = endpoint
+        self._schedule_renewal()
         return endpoint
+
+    def _schedule_renewal(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+        # A check every second renews whatever is 5 s old: gaps stay within 5–6 s.
+        self._renewal = asyncio.get_running_loop().call_later(1.0, self._renew)
+
+    def _renew(self) -> None:
+        self._renewal = None
+        if self._endpoint is None or self._endpoint.transport is None:
+            return
+        if self.info:  # identified: subscribed before, keep it so
+            with contextlib.suppress(DeviceError):
+                self._subscribe(time.monotonic())
+        self._schedule_renewal()
 
     def _send(self, data: bytes) -> None:
         if self._endpoint is None or self._endpoint.transport is None:
@@ -331,6 +351,9 @@ class MixerDriver(Driver):
         return out
 
     async def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            self._renewal = None
         if self._endpoint is not None and self._endpoint.transport is not None:
             with contextlib.suppress(Exception):
                 self._send(osc.build("/unsubscribe"))

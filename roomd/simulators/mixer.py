@@ -94,6 +94,10 @@ class MixerSim:
     params: dict[str, Any] = field(default_factory=dict)
     remote: dict[tuple[str, int], _Subscriber] = field(default_factory=dict)
     meters: dict[tuple[tuple[str, int], str], _Subscriber] = field(default_factory=dict)
+    # (time, client, what): every subscription request, and every meter subscription that
+    # lapsed for want of one (tests catch a renewal that came too late).
+    renewals: list[tuple[float, tuple[str, int], str]] = field(default_factory=list)
+    lapses: list[tuple[float, tuple[str, int], str]] = field(default_factory=list)
     scene: int = 0
     log: list[str] = field(default_factory=list)  # addresses received (tests read it)
     _transport: asyncio.DatagramTransport | None = None
@@ -186,6 +190,7 @@ class MixerSim:
         elif address == "/status":
             self._send(osc.build("/status", "active", self.host, self.name), addr)
         elif address in ("/xremote", "/xremotenfb"):
+            self.renewals.append((now, addr, address))
             self.remote[addr] = _Subscriber(addr, now + SUBSCRIPTION_TTL)
         elif address == "/unsubscribe":
             self.remote.pop(addr, None)
@@ -195,6 +200,7 @@ class MixerSim:
             if args and isinstance(args[0], str):
                 tf = args[-1] if len(args) >= 2 and isinstance(args[-1], int) else 1
                 tf = tf if 1 <= tf <= 99 else 1
+                self.renewals.append((now, addr, f"/meters {args[0]}"))
                 self.meters[(addr, args[0])] = _Subscriber(
                     addr, now + SUBSCRIPTION_TTL, args[0], 0.05 * tf, now
                 )
@@ -220,7 +226,7 @@ class MixerSim:
         now = time.monotonic()
         message = osc.build(path, value)
         for sub in list(self.remote.values()):
-            if sub.expires < now:
+            if sub.expires <= now:  # dropped at exactly 10 s, as the desks do
                 del self.remote[sub.addr]
             elif sub.addr != source:  # the desk does not echo a change to its sender
                 self._send(message, sub.addr)
@@ -234,8 +240,9 @@ class MixerSim:
                 continue
             now = time.monotonic()
             for key, sub in list(self.meters.items()):
-                if sub.expires < now:
+                if sub.expires <= now:
                     del self.meters[key]
+                    self.lapses.append((now, key[0], f"/meters {key[1]}"))
                     continue
                 if now >= sub.next_at:
                     sub.next_at = now + sub.interval

@@ -137,7 +137,7 @@ async def test_mixers_meters_subscriptions_mute_alerts_and_commands(
                         "bad packets counted")  # fmt: skip
             x32.drop_subscriptions()
             # Meters stop, so both are asked for again at once; a drop that falls between the
-            # two requests is mended by the next periodic renewal (≤ 9 s).
+            # two requests is mended by the next periodic renewal (≤ 6 s).
             await until(lambda: len(x32.meters) == 2 and len(x32.remote) == 1, 12,
                         "re-subscribed")  # fmt: skip
 
@@ -150,6 +150,13 @@ async def test_mixers_meters_subscriptions_mute_alerts_and_commands(
 
                 await asyncio.sleep(1)
             assert xair.log.count("/xremote") >= 3 and xair.log.count("/meters") >= 3
+            # Renewed on a timer well inside the desks' 10 s, whatever the poll interval (it was
+            # 9.0–10.08 s apart, and the desk dropped us): never a lapsed subscription.
+            for what in ("/xremote", "/meters /meters/1"):
+                times = [t for t, _addr, w in xair.renewals if w == what]
+                gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                assert gaps and max(gaps) <= 6.5, (what, gaps)
+            assert xair.lapses == []
             for room in ("r301", "r302"):
                 state = _state(daemon, room, "mixer")
                 assert isinstance(state.get("ch01_level_dbfs"), float), state
