@@ -53,6 +53,7 @@ KNOWN_METRICS = frozenset(
         "room_sealed",
         "bookings",
         "days_since_inspection",
+        "instance_conflict",
     }
 )
 ROOM_DEVICE = "_room"  # the device part of room-level readings and alerts (attendees, …)

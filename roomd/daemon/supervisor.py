@@ -40,6 +40,7 @@ from .checks import RoomChecker, audio_devices, room_soundcheck
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
 from .inbound import BadCommand, LogLimiter, parse_command
+from .instances import Instances
 from .meetings import MeetingPlanner
 from .model import Transition
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
@@ -106,8 +107,7 @@ class Daemon:
         self.systemd = SdNotifier()
         self._ha_topics = PublishedTopics(config.state_dir)
         if config.homeassistant.enabled:
-            self.mqtt.extra_topics.append(f"{config.homeassistant.prefix}/status")
-            self.mqtt.on_other = self._on_ha_status
+            self.mqtt.extra_topics[f"{config.homeassistant.prefix}/status"] = self._on_ha_status
         self.attendance = Attendance(
             Attendance.load_secret(config.signins.secret_file, config.state_dir)
         )
@@ -121,6 +121,14 @@ class Daemon:
         ).inc()
         self.authz = Authorizer(config.authorization, config.mqtt.username)
         self.mqtt.retained_snapshot = self.retained_snapshot
+        self.instances = Instances(
+            publish=lambda msg: self.mqtt.publish_now(f"{self.mqtt.base}/_daemon/instances", msg),
+            conflict=self._instance_conflict,
+            rooms=lambda: [r.id for r in self.config.rooms],
+            monotonic=self.clock.monotonic,
+        )
+        self.mqtt.extra_topics[f"{self.mqtt.base}/_daemon/instances"] = self.instances.heard
+        self.mqtt.on_connected.append(self.instances.announce)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -668,6 +676,7 @@ class Daemon:
         hourly = 0.0
         while True:
             self.check_descriptors()
+            self.instances.tick()
             if self.clock.monotonic() >= hourly:
                 self.purge_signins()
                 self.check_inspections()
@@ -739,6 +748,10 @@ class Daemon:
             if self.owns_room(room_id):
                 out[f"{self.mqtt.base}/{room_id}/checks/latest"] = _dumps(report)
         return out
+
+    def _instance_conflict(self, room_id: str, detail: str | None) -> None:
+        value = "conflict" if detail else None
+        self.room_reading(room_id, {"instance_conflict": value}, detail or "")
 
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None
@@ -855,7 +868,7 @@ class Daemon:
         if current.keys() != previous:
             self._ha_topics.save(set(current))
 
-    def _on_ha_status(self, topic: str, payload: bytes) -> None:
+    def _on_ha_status(self, payload: bytes) -> None:
         if payload.strip() == b"online":  # Home Assistant restarted: send the configs again
             self._publish_discovery()
 
@@ -887,6 +900,7 @@ class Daemon:
         return {
             "status": "stopping" if self._stopping.is_set() else "ok",
             "site": self.config.site,
+            "instance": self.instances.id,
             "mqtt_connected": self.mqtt.connected.is_set(),
             "outbox": self.store.outbox_depth,
             "devices": len(self.pollers),

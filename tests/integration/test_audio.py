@@ -4,6 +4,7 @@ Mosquitto: meters, subscriptions kept alive, mute alerts, commands, the sound ch
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -154,7 +155,7 @@ async def test_mixers_meters_subscriptions_mute_alerts_and_commands(
             # 9.0–10.08 s apart, and the desk dropped us): never a lapsed subscription.
             for what in ("/xremote", "/meters /meters/1"):
                 times = [t for t, _addr, w in xair.renewals if w == what]
-                gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+                gaps = [b - a for a, b in itertools.pairwise(times)]
                 assert gaps and max(gaps) <= 6.5, (what, gaps)
             assert xair.lapses == []
             for room in ("r301", "r302"):

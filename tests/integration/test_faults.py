@@ -244,3 +244,63 @@ async def test_a_clean_stop_is_not_reported_as_a_lost_broker(
         await until(lambda: not daemon.mqtt.connected.is_set(), 10, "lost")
         assert "MQTT broker connection lost" in caplog.text
         mosquitto.start()
+
+
+async def test_two_instances_on_one_site_detect_each_other_and_ignore_others_rooms(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    from roomd.daemon.clock import FakeClock
+    from roomd.daemon.config import load_config
+    from roomd.daemon.instances import FORGET
+    from roomd.daemon.supervisor import Daemon
+
+    env = SimSensor.of("generic-iaq", **NORMAL)
+    tcp = await ModbusTcpSim([env]).start()
+
+    def config(name: str, room: str) -> Path:
+        data = site(tmp_path / name, mosquitto, [dev("env", "generic-iaq", tcp)])
+        data["rooms"][0]["id"] = room
+        (tmp_path / name).mkdir()
+        return write_config(tmp_path / name / "roomd.yaml", data)
+
+    rec = recorder_factory(mosquitto.port, topic="roomd/#")
+    clocks = [FakeClock(time.time()) for _ in range(3)]
+    daemons = [
+        Daemon(load_config(config("a", "r301")), clock=clocks[0]),
+        Daemon(load_config(config("b", "r302")), clock=clocks[1]),
+    ]
+    tasks = [asyncio.create_task(d.run()) for d in daemons]
+    try:
+        for d in daemons:
+            assert await d.mqtt.wait_connected(10)
+        # A command for r302 is answered once, by the instance that owns r302 ("no device"
+        # from the other used to race it).
+        rec.publish(f"{BASE}/r302/env/cmd", {"command": "nope", "id": "c1"})
+        await rec.wait_for(lambda m: m.topic == f"{BASE}/r302/env/cmd/result", 5)
+        await asyncio.sleep(0.5)
+        answers = rec.on(f"{BASE}/r302/env/cmd/result")
+        assert len(answers) == 1 and "unknown command 'nope'" in answers[0].json()["error"]
+        assert not any(a.startswith("r30") for a in daemons[0].book.active if "instance" in a)
+        # A third instance started by mistake with r301 in its config.
+        third = Daemon(load_config(config("c", "r301")), clock=clocks[2])
+        daemons.append(third)
+        tasks.append(asyncio.create_task(third.run()))
+        conflict = "r301._room.instance_conflict.conflict"
+        await until(lambda: conflict in daemons[0].book.active, 10, "conflict seen by the first")
+        await until(lambda: conflict in third.book.active, 10, "conflict seen by the third")
+        alert = daemons[0].book.active[conflict]
+        assert third.instances.id in alert.message and alert.severity == "II"
+        assert "instance_conflict" not in str(daemons[1].book.active)  # r302 is nobody else's
+        # The mistake is undone: the first instance clears once the third has been silent.
+        third.stop()
+        await asyncio.wait_for(tasks.pop(), 10)
+        daemons.pop()
+        clocks[0].advance(FORGET + 1)
+        daemons[0].instances.tick()
+        assert conflict not in daemons[0].book.active
+    finally:
+        for d in daemons:
+            d.stop()
+        for t in tasks:
+            await asyncio.wait_for(t, 10)
+        await tcp.stop()

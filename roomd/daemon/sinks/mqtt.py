@@ -78,13 +78,15 @@ class MqttSink:
         self._attempt = 0
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.extra_topics: list[str] = []  # more subscriptions, routed to on_other
-        self.on_other: Callable[[str, bytes], None] | None = None
+        # More subscriptions: topic → handler of its payloads (HA's status, instance heartbeats).
+        self.extra_topics: dict[str, Callable[[bytes], None]] = {}
         # Retained bookings lists written by booking systems.
         self.on_bookings: BookingsHandler | None = None
         # Retained topics whose latest value lives elsewhere (active alerts, check reports):
         # all re-published on every (re)connect, as a broker without persistence forgot them.
         self.retained_snapshot: Callable[[], dict[str, bytes]] | None = None
+        # Called on the loop after every (re)connect.
+        self.on_connected: list[Callable[[], None]] = []
         # Messages that never reach a handler (retained commands, handler failures).
         self.on_rejected: Callable[[str], None] | None = None
         self._sock: Any = None
@@ -379,6 +381,11 @@ class MqttSink:
         self.last_error = ""
         self.connected.set()
         self.kick()
+        for hook in self.on_connected:
+            try:
+                hook()
+            except Exception:
+                log.exception("after connecting")
 
     def _note_failure(self, why: str) -> None:
         if why != self.last_error:
@@ -406,9 +413,9 @@ class MqttSink:
         self.kick()
 
     def _command(self, topic: str, payload: bytes, retained: bool) -> None:
-        if topic in self.extra_topics:
-            if self.on_other is not None:
-                self.on_other(topic, payload)
+        handler = self.extra_topics.get(topic)
+        if handler is not None:
+            handler(payload)
             return
         if self.on_command is None or not topic.startswith(self.base + "/"):
             return
