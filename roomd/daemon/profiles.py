@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Sequence
 from functools import cache, cached_property
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .units import Duration, Severity
 
@@ -272,6 +273,24 @@ def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> li
     return blocks
 
 
+LOGICAL_INPUT = re.compile(
+    r"^(hdmi|vga|dvi|displayport|hdbaset|sdi|video|svideo|component|usb|network|mirroring)\d$"
+)
+
+
+def check_input_names(inputs: dict[str, str]) -> dict[str, str]:
+    """For a model's `inputs:` (name → code): names must be logical, codes unique."""
+    for name in inputs:
+        if not LOGICAL_INPUT.match(name):
+            raise ValueError(
+                f"input name {name!r}: use hdmi1, vga2, hdbaset1, network1 and the like"
+            )
+    codes = list(inputs.values())
+    if len(set(codes)) != len(codes):
+        raise ValueError("two input names map to one code")
+    return inputs
+
+
 class ProjectorModel(_Strict):
     """Rated values of a projector model: the limits its rules are measured against."""
 
@@ -284,6 +303,13 @@ class ProjectorModel(_Strict):
     native_resolution: str | None = Field(None, pattern=r"^\d{3,5}x\d{3,5}$")
     min_poll: Duration = 5.0
     warmup: Duration = 60.0
+    # Logical input name → this model's PJLink input code (drivers/inputs.py).
+    inputs: dict[str, str] = {}
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_input_names(value)
 
 
 def _builtin(kind: str) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -37,9 +38,11 @@ from .base import (
     ReadingValue,
     split_host,
 )
+from .inputs import InputMap
 from .projector_hooks import ProjectorHooks
 
 log = logging.getLogger("roomd.pjlink")
+_PJLINK_INPUT = re.compile(r"[1-6][0-9A-Z]")
 
 TRANSITIONAL = {"warming", "cooling"}
 FAST_POLL = 2.0  # seconds, while warming or cooling (never below the model's min_poll)
@@ -234,6 +237,7 @@ class PJLinkDriver(ProjectorHooks, Driver):
         self.rated_lumens = config.rated_lumens or m.rated_lumens
         self.min_poll = m.min_poll
         self.warmup = m.warmup
+        self.inputs = InputMap(m.inputs or load_projector_model("generic").inputs)
         self.lock = asyncio.Lock()
         self.pj_class: int | None = (
             None if config.pjlink_class == "auto" else int(config.pjlink_class)
@@ -254,6 +258,7 @@ class PJLinkDriver(ProjectorHooks, Driver):
             "filter_hours",
             "filter_life_pct",
             "input",
+            "input_name",
             "input_resolution",
             "input_lines",
             "av_mute",
@@ -340,7 +345,7 @@ class PJLinkDriver(ProjectorHooks, Driver):
             elif line.command == "ERST":
                 update = dict(pj.parse_erst(line.param))
             elif line.command == "INPT":
-                update = {"input": line.param}
+                update = {"input": line.param, "input_name": self.inputs.name_of(line.param)}
             else:
                 log.info("%s: notification %s=%s", self.cfg.id, line.command, line.param)
                 return
@@ -387,6 +392,7 @@ class PJLinkDriver(ProjectorHooks, Driver):
             inpt = await self._ask(s, "INPT")
             if inpt is not None:
                 r["input"] = inpt
+                r["input_name"] = self.inputs.name_of(inpt)
             avmt = await self._ask(s, "AVMT")
             if avmt is not None:
                 r["av_mute"] = pj.parse_avmt(avmt)
@@ -460,11 +466,13 @@ class PJLinkDriver(ProjectorHooks, Driver):
                 raise CommandError('args.state: "on" or "off"')
             return await self._power(state)
         if name == "input":
-            code = str(args.get("input", "")).upper()
+            code = self.inputs.code_for(str(args.get("input", "")), _PJLINK_INPUT)
             if not pj.valid_input(code):
-                raise CommandError('args.input: a PJLink input code like "31" (HDMI 1 on most)')
+                raise CommandError('args.input: an input name like "hdmi1" or a PJLink code')
             cls = 2 if (code[0] == "6" or not code[1].isdigit()) else 1
-            return await self._set("INPT", code, cls, "input", str.strip)
+            result = await self._set("INPT", code, cls, "input", str.strip)
+            result["input_name"] = self.inputs.name_of(str(result.get("input")))
+            return result
         if name == "mute":
             target, state = args.get("target", "both"), args.get("state")
             avmt = pj.AVMT_CODES.get((str(target), str(state)))

@@ -67,11 +67,16 @@ async def switch_off(driver: Driver, readings: Readings) -> str | None:
 
 
 async def take_over(driver: Driver, primary: Readings) -> str:
-    """Power on and select the primary's input. Most projectors refuse an input change while
-    warming up (PJLink ERR3), so the input is retried until it is taken or the lamp is up."""
+    """Power on and select the primary's input by its logical name (hdmi1 is "31" in PJLink
+    and "30" in ESC/VP21). Most projectors refuse an input change while warming up (PJLink
+    ERR3), so the input is retried until it is taken or the lamp is up."""
     await driver.command("power", {"state": "on"})
     done = "powered on"
-    source = primary.get("input")
+    source = primary.get("input_name")
+    if not source and primary.get("input"):
+        # The primary's code has no name in its model: another make's code means something
+        # else, so it is not sent. Said in the failover's result, for the technician.
+        return done + f"; the primary's input {primary.get('input')} has no name to select"
     if isinstance(source, str) and source:
         deadline = time.monotonic() + WARMUP_TIMEOUT
         while True:

@@ -26,12 +26,14 @@ from .base import (
     DriverContext,
     Readings,
 )
+from .inputs import InputMap, check_input_names
 from .projector_hooks import ProjectorHooks
 from .serial_port import open_serial
 
 log = logging.getLogger("roomd.serial_projector")
 
 ERROR_FIELDS = ("fan", "lamp", "temperature", "cover", "filter", "other")
+_SOURCE_CODE = re.compile(r"[0-9A-F]{2}")
 
 
 class _Strict(BaseModel):
@@ -69,6 +71,12 @@ class SerialProjectorProfile(_Strict):
     queries: list[SerialQuery]
     error_codes: dict[str, Literal["fan", "lamp", "temperature", "cover", "filter", "other"]] = {}
     commands: dict[str, str] = {}
+    inputs: dict[str, str] = {}  # logical name → SOURCE code (drivers/inputs.py)
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_input_names(value)
 
 
 @cache
@@ -109,6 +117,7 @@ class SerialProjectorDriver(ProjectorHooks, Driver):
         assert isinstance(config, SerialProjectorConfig)
         self.cfg = config
         self.profile = load_serial_profile(config.model)
+        self.inputs = InputMap(self.profile.inputs)
         self.rated_lamp = config.rated_lamp_hours or self.profile.rated_lamp_hours
         self.lock = asyncio.Lock()
         self.transport: asyncio.BaseTransport | None = None
@@ -205,6 +214,8 @@ class SerialProjectorDriver(ProjectorHooks, Driver):
             r.update({f"projector_error_{k}": v for k, v in fields.items()})
         if isinstance(r.get("projector_power"), str):
             self.power = str(r["projector_power"])
+        if isinstance(r.get("input"), str):
+            r["input_name"] = self.inputs.name_of(str(r["input"]))
         hours = r.get("lamp_hours")
         if self.rated_lamp and isinstance(hours, int):
             r["lamp_life_pct"] = round(100.0 * hours / self.rated_lamp, 1)
@@ -234,12 +245,16 @@ class SerialProjectorDriver(ProjectorHooks, Driver):
                 self.push({"projector_power": now})
             return {"projector_power": now}
         if name == "input":
-            code = str(args.get("input", "")).upper()
-            if not re.fullmatch(r"[0-9A-F]{2}", code):
-                raise CommandError('args.input: a two-digit hex source code, e.g. "30" (HDMI 1)')
+            code = self.inputs.code_for(str(args.get("input", "")), _SOURCE_CODE)
             async with self.lock:
                 await self._set(cmds["input"].format(input=code))
-            return {"input": code}
+                reply = await self.exchange("SOURCE?")  # read back: what the projector took
+            match = re.match(r"^SOURCE=([0-9A-F]{2})$", reply)
+            now = match.group(1) if match else code
+            result: dict[str, Any] = {"input": now, "input_name": self.inputs.name_of(now)}
+            if self.push is not None:
+                self.push(result)
+            return result
         if name == "mute":
             state = args.get("state")
             if state not in ("on", "off") or args.get("target", "both") not in ("video", "both"):

@@ -18,6 +18,8 @@ class EscVp21State:
     source: str = "30"
     error: str = "00"
     muted: bool = False
+    # The inputs this model has (an EB-L500: Computer1/2 RGB, HDMI1/2, USB, LAN, HDBaseT).
+    sources: frozenset[str] = frozenset({"11", "21", "30", "A0", "52", "53", "80"})
     warmup: float = 2.0
     cooldown: float = 2.0
     faults: set[str] = field(default_factory=set)  # silent, garbage
@@ -83,9 +85,10 @@ class EscVp21Sim:
                 st.power, st._since = "cooling", time.monotonic()
             return "ERR" if st.power == "warming" else ""
         if cmd.startswith("SOURCE "):
-            if st.power != "on":
-                return "ERR"
-            st.source = cmd.split()[1]
+            code = cmd.split()[1].upper() if len(cmd.split()) == 2 else ""
+            if st.power != "on" or code not in st.sources:
+                return "ERR"  # no such input on this model, as a real one answers
+            st.source = code
             return ""
         if cmd in ("MUTE ON", "MUTE OFF"):
             if st.power != "on":

@@ -322,7 +322,7 @@ async def test_failover_to_the_backup_projector_and_no_switch_back(
             assert event["primary"] == "proj" and event["backup"] == "spare" and event["ok"], event[
                 "detail"
             ]
-            assert "input 32 selected" in event["detail"]
+            assert "input hdmi2 selected" in event["detail"]
             await until(lambda: spare.state.power in ("warming", "on"), 5, "spare on")
             assert spare.state.input == "32"
             offline = alert(rec, "r301.proj.online.min")
@@ -403,3 +403,40 @@ async def test_a_failed_microphone_channel_fails_over_to_its_backup_channel(
     finally:
         await source.stop()
         await desk.stop()
+
+
+async def test_failover_across_makes_selects_the_same_input_by_name(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> None:
+    """The primary (PJLink) shows HDMI 1 = "31"; the backup is an Epson on RS-232, where HDMI 1
+    is SOURCE 30. The code "31" used to go across unchanged, selecting nothing right."""
+    from roomd.simulators.escvp21 import EscVp21Sim, EscVp21State
+
+    main = await PJLinkSim(ProjectorState(warmup=0.3, cooldown=0.3, power="on", input="31")).start()
+    spare = EscVp21Sim(EscVp21State(warmup=0.3, cooldown=0.3, source="11")).start()
+    backup = {"id": "spare", "driver": "serial-projector", "port": spare.path, "poll": "500ms",
+              "timeout": "1s"}  # fmt: skip
+    data = site(tmp_path, mosquitto, [projector(main, "proj", backup="spare"), backup], {})
+    cfg = write_config(tmp_path / "roomd.yaml", data)
+    rec = recorder_factory(mosquitto.port)
+    clock = FakeClock(DAY + 10 * HOUR + 60)
+    try:
+        async with daemon_at(cfg, clock) as d:
+            rec.publish(
+                f"{BASE}/r301/bookings",
+                [{"id": "m1", "start": "2026-11-23T10:00:00Z", "end": "2026-11-23T11:00:00Z"}],
+                retain=True,
+            )
+            await until(lambda: d.meetings.current("r301") is not None, 10, "bookings pushed")
+            await until(lambda: all(p.online for p in d.pollers.values()), 10, "online")
+            assert d.pollers[("r301", "proj")].readings["input_name"] == "hdmi1"
+            main.state.faults.add("silent")
+            await until(lambda: len(events(rec, "failover")) == 1, 20, "failover")
+            event = events(rec, "failover")[0]
+            assert event["ok"] and "input hdmi1 selected" in event["detail"], event
+            assert spare.state.source == "30"  # Epson's HDMI 1
+    finally:
+        main.state.faults.discard("silent")
+        rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
+        await main.stop()
+        spare.stop()

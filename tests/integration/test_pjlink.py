@@ -279,7 +279,15 @@ async def test_a_set_reports_what_the_projector_did_not_what_was_asked() -> None
         assert await d.command("mute", {"target": "both", "state": "on"}) == {"av_mute": "both"}
         assert await d.command("mute", {"target": "audio", "state": "off"}) == {"av_mute": "video"}
         assert sim.state.av_mute == "11" and pushed[-1] == {"av_mute": "video"}
-        assert await d.command("input", {"input": "32"}) == {"input": "32"}
+        assert await d.command("input", {"input": "32"}) == {"input": "32", "input_name": "hdmi2"}
+        # Logical names, mapped by the model (roomd-simulator: hdmi1 is PJLink "31").
+        assert await d.command("input", {"input": "hdmi1"}) == {
+            "input": "31",
+            "input_name": "hdmi1",
+        }
+        with pytest.raises(CommandError, match=r"'hdbaset1' is not an input .*known: hdmi1, hdmi2"):
+            await d.command("input", {"input": "hdbaset1"})
+        assert (await d.poll())["input_name"] == "hdmi1"
         assert await d.command("freeze", {"state": "on"}) == {"freeze": "on"}
         assert sim.state.frozen
         assert await d.command("volume", {"target": "speaker", "step": "up"}) == {"ok": True}

@@ -51,8 +51,17 @@ async def test_poll_commands_and_errors_over_a_pty() -> None:
         with pytest.raises(CommandError, match="warming up"):
             await d.command("power", {"state": "off"})
         await asyncio.sleep(0.4)
-        assert await d.command("input", {"input": "a0"}) == {"input": "A0"}
+        assert await d.command("input", {"input": "a0"}) == {"input": "A0", "input_name": "hdmi2"}
         assert (await d.poll())["input"] == "A0"
+        # By name: Epson's HDMI 1 is SOURCE 30 (PJLink says 31); a code the model lacks is ERR.
+        assert await d.command("input", {"input": "hdmi1"}) == {
+            "input": "30",
+            "input_name": "hdmi1",
+        }
+        assert (await d.poll())["input_name"] == "hdmi1"
+        with pytest.raises(DeviceRefused, match="not available now"):
+            await d.command("input", {"input": "31"})  # a PJLink code: no such source here
+        assert sim.state.source == "30"
         assert await d.command("mute", {"state": "on"}) == {"mute": "on"}
         assert sim.state.muted
         sim.state.error = "06"  # lamp error
