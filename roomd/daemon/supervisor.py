@@ -906,6 +906,7 @@ class Daemon:
             "devices": len(self.pollers),
             "devices_up": up,
             "alerts_active": len(self.book.active),
+            "tasks": len(asyncio.all_tasks()),
         }
 
     def snapshot(self) -> list[dict[str, Any]]:

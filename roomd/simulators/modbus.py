@@ -147,6 +147,8 @@ class _TcpSession(asyncio.Protocol):
             self._answer(request)
 
     def _answer(self, request: ModbusPDU) -> None:
+        if self.server.record_requests:
+            self.server.request_times.append(time.monotonic())
         sensor = self.server.sensors.get(request.dev_id) or self.server.sensors.get(0)
         if sensor is None:
             # A gateway with no such unit answers "gateway target failed to respond".
@@ -184,6 +186,7 @@ class ModbusTcpSim:
         host: str = "127.0.0.1",
         port: int = 0,
         max_clients: int | None = None,
+        record_requests: bool = False,
     ) -> None:
         self.sensors = {s.unit: s for s in sensors}
         self.host = host
@@ -193,6 +196,8 @@ class ModbusTcpSim:
         self.sessions: set[_TcpSession] = set()
         self.connections = 0
         self.refused = 0
+        self.record_requests = record_requests  # benchmarks: when each request arrived
+        self.request_times: list[float] = []
 
     @property
     def sensor(self) -> SimSensor:
