@@ -76,9 +76,10 @@ class ModbusConfig(DeviceConfig):
     # TCP: connections this device's host:port may have at once (gateways often take one).
     max_connections: int = Field(1, ge=1, le=16)
     # RTU: silence on the bus after a unit did not answer, before the next request. A slave
-    # still waiting for the rest of a frame loses its framing if the next one comes at once;
-    # Modbus's 3.5 character times is the floor, not enough after a timeout.
-    quiet_after_timeout: Duration = 0.1
+    # still busy with the unanswered frame drops what comes next: a libmodbus slave lost the
+    # request sent 100 ms after a timeout and took the one sent 300 ms after (its own response
+    # timeout is 500 ms). Modbus's 3.5 character times is the floor, not the default.
+    quiet_after_timeout: Duration = 0.5
 
     @field_validator("model")
     @classmethod

@@ -304,3 +304,40 @@ async def test_two_instances_on_one_site_detect_each_other_and_ignore_others_roo
         for t in tasks:
             await asyncio.wait_for(t, 10)
         await tcp.stop()
+
+
+async def test_silent_slow_closing_and_garbage_devices_among_many_stay_their_own(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    sensors = [SimSensor.of("generic-iaq", **NORMAL) for _ in range(16)]
+    sims = [await ModbusTcpSim([s]).start() for s in sensors]
+    faults = {0: "silent", 1: "slow", 2: "disconnect", 3: "corrupt"}
+    devices = [dev(f"env{i}", "generic-iaq", sim, "200ms", timeout="300ms")
+               for i, sim in enumerate(sims)]  # fmt: skip
+    data = site(tmp_path, mosquitto, devices)
+    data["rooms"][0]["thresholds"] = {}
+    cfg = write_config(tmp_path / "roomd.yaml", data)
+    try:
+        async with running(cfg) as daemon:
+            await until(lambda: all(p.online for p in daemon.pollers.values()), 10, "all online")
+            for i, kind in faults.items():
+                sensors[i].fault = kind  # type: ignore[assignment]
+                sensors[i].slow_delay = 1.0
+            before = {k: p.polls for k, p in daemon.pollers.items()}
+            await asyncio.sleep(3.0)
+            for i in range(16):
+                p = daemon.pollers[("r301", f"env{i}")]
+                if i in faults:
+                    assert p.online is False, (i, faults[i])
+                    assert f"r301.env{i}.online.min" in daemon.book.active
+                else:
+                    # 15 polls due in 3 s at 200 ms; the bad ones cost them nothing.
+                    assert p.online and p.polls - before[p.key] >= 11, (i, p.polls - before[p.key])
+            assert len([a for a in daemon.book.active if a.endswith("online.min")]) == 4
+            for i in faults:
+                sensors[i].fault = "none"
+            await until(lambda: all(p.online for p in daemon.pollers.values()), 90, "recovered")
+            await until(lambda: not [a for a in daemon.book.active if "online" in a], 5, "clear")
+    finally:
+        for sim in sims:
+            await sim.stop()

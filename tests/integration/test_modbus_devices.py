@@ -82,8 +82,8 @@ async def test_a_silent_unit_costs_one_timeout_and_never_stalls_the_bus() -> Non
     bus = ModbusRtuSim([SimSensor.of("senseair-s8", co2_ppm=700), silent]).start()
     ctx = DriverContext()
     try:
-        quiet = driver(ctx, "xy-md02", unit=2, port=bus.path, timeout=0.2)
-        good = driver(ctx, "senseair-s8", port=bus.path, timeout=0.2)
+        quiet = driver(ctx, "xy-md02", unit=2, port=bus.path, timeout=0.2, quiet_after_timeout=0.1)
+        good = driver(ctx, "senseair-s8", port=bus.path, timeout=0.2, quiet_after_timeout=0.1)
 
         async def poll_good() -> tuple[float, dict[str, object]]:
             t0 = time.monotonic()
@@ -94,7 +94,7 @@ async def test_a_silent_unit_costs_one_timeout_and_never_stalls_the_bus() -> Non
         assert isinstance(outcome[0], DeviceTimeout)
         elapsed, readings = outcome[1]  # type: ignore[misc]
         assert readings == {"co2_ppm": 700}
-        assert elapsed < 0.2 + 0.15  # waited at most the silent unit's one timeout
+        assert elapsed < 0.2 + 0.1 + 0.15  # at most the silent unit's timeout and quiet gap
         # And the good unit keeps answering at full speed afterwards.
         t0 = time.monotonic()
         for _ in range(10):
