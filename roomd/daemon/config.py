@@ -187,6 +187,9 @@ class MeetingsConfig(_Strict):
 class HomeAssistantConfig(_Strict):
     enabled: bool = False
     prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+    # Home Assistant's broker login: its commands then go to `cmd/by/{login}`, so that
+    # `authorization` rules can name it.
+    login: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$")
 
 
 class RoomConfig(_Strict):

@@ -860,7 +860,9 @@ class Daemon:
                 )
                 for p in self.pollers.values()
             ]
-            current = discovery_configs(ha.prefix, self.mqtt.base, self.config.site, rooms, devices)
+            current = discovery_configs(
+                ha.prefix, self.mqtt.base, self.config.site, rooms, devices, ha.login
+            )
         for topic, payload in current.items():
             self.mqtt.publish_state(topic, payload)
         for topic in previous - current.keys():

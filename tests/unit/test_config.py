@@ -345,3 +345,35 @@ rooms:
     fixed = text.replace("unit: 1}", "unit: 1, parity: N}").replace(", baudrate: 4800", "")
     fixed = fixed.replace("      - {id: reader, driver: nfc-serial, port: /dev/ttyUSB0}\n", "")
     assert len(load_config(write(tmp_path, fixed)).rooms) == 2
+
+
+@pytest.mark.parametrize("raw", [b"site: hq\x01\nrooms: []\n", b"site: h\xe9q\nrooms: []\n"])
+def test_roomd_validate_and_run_exit_2_on_bad_bytes_without_a_traceback(
+    tmp_path: Path, raw: bytes
+) -> None:
+    """A control byte or invalid UTF-8 printed a traceback and exited 1: systemd restarts on 1."""
+    path = tmp_path / "roomd.yaml"
+    path.write_bytes(raw)
+    for command in ("validate", "run"):
+        out = subprocess.run(
+            [sys.executable, "-m", "roomd", command, "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 2, (command, out.stdout, out.stderr)
+        assert "Traceback" not in out.stdout + out.stderr
+        assert f"{path}:1: (file):" in out.stdout + out.stderr
+
+
+def test_home_assistant_commands_can_carry_its_login() -> None:
+    from roomd.daemon.sinks.homeassistant import DeviceInfo, discovery_configs
+
+    dev = DeviceInfo("r301", "City Hall 301", "proj", "", "pjlink", "generic", ("projector_power",))
+    plain = discovery_configs("homeassistant", "roomd/hq", "hq", {"r301": "City Hall 301"}, [dev])
+    named = discovery_configs(
+        "homeassistant", "roomd/hq", "hq", {"r301": "City Hall 301"}, [dev], "homeassistant"
+    )
+    topic = "homeassistant/switch/roomd_hq_r301_proj/power/config"
+    assert plain[topic]["command_topic"] == "roomd/hq/r301/proj/cmd"
+    assert named[topic]["command_topic"] == "roomd/hq/r301/proj/cmd/by/homeassistant"

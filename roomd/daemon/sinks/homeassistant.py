@@ -58,9 +58,16 @@ def _slug(*parts: str) -> str:
 
 
 def discovery_configs(
-    ha_prefix: str, base: str, site: str, rooms: dict[str, str], devices: list[DeviceInfo]
+    ha_prefix: str,
+    base: str,
+    site: str,
+    rooms: dict[str, str],
+    devices: list[DeviceInfo],
+    login: str | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """topic → config payload, for everything the site config has now."""
+    """topic → config payload, for everything the site config has now. With `login` (Home
+    Assistant's broker user), commands go to `.../cmd/by/{login}`, which roomd's authorization
+    can tell apart from anyone else's."""
     availability = {
         "topic": f"{base}/_daemon/availability",
         "payload_available": "online",
@@ -128,7 +135,7 @@ def discovery_configs(
                 cfg["state_class"] = state_class
             out[f"{ha_prefix}/sensor/{node}/{metric}/config"] = cfg
         if "projector_power" in d.metrics:
-            cmd = f"{base}/{d.room}/{d.device}/cmd"
+            cmd = f"{base}/{d.room}/{d.device}/cmd" + (f"/by/{login}" if login else "")
             out[f"{ha_prefix}/switch/{node}/power/config"] = {
                 "name": "Power",
                 "unique_id": f"{node}_power",
