@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +26,21 @@ from roomd.daemon.authz import sign
 from roomd.simulators.modbus import ModbusTcpSim, SimSensor
 from tests.conftest import Mosquitto, Recorder, free_port, until, write_config
 from tests.integration.test_daemon import BASE, NORMAL, dev, running, site
+
+
+@pytest.fixture
+async def one_sensor(
+    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+) -> AsyncIterator[tuple[SimSensor, Path, Recorder]]:
+    """A room with one simulated Modbus sensor, its config, and a recorder on `roomd/#`."""
+    env = SimSensor.of("generic-iaq", **NORMAL)
+    tcp = await ModbusTcpSim([env]).start()
+    cfg = write_config(
+        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
+    )
+    yield env, cfg, recorder_factory(mosquitto.port, topic="roomd/#")
+    await tcp.stop()
+
 
 POISON: list[tuple[str, bytes]] = [
     ("deep", b"[" * 1024),  # made paho's loop handle the same packet forever
@@ -52,18 +68,11 @@ def rss_kib() -> int:
 
 
 async def test_poison_on_every_topic_is_answered_and_the_daemon_goes_on(
-    tmp_path: Path,
-    mosquitto: Mosquitto,
-    recorder_factory: Any,
+    one_sensor: tuple[SimSensor, Path, Recorder],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
-    env = SimSensor.of("generic-iaq", **NORMAL)
-    tcp = await ModbusTcpSim([env]).start()
-    cfg = write_config(
-        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
-    )
-    rec: Recorder = recorder_factory(mosquitto.port, topic="roomd/#")
+    _env, cfg, rec = one_sensor
     # Retained poison on the bookings topic: met again at every start.
     rec.publish(f"{BASE}/r301/bookings", b"[" * 1024, retain=True)
     try:
@@ -121,18 +130,12 @@ async def test_poison_on_every_topic_is_answered_and_the_daemon_goes_on(
             await rec.wait_for(lambda m: m.topic == bookings_alert and m.payload == b"", 5)
     finally:
         rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
-        await tcp.stop()
 
 
 async def test_a_retained_command_is_not_obeyed(
-    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+    one_sensor: tuple[SimSensor, Path, Recorder],
 ) -> None:
-    env = SimSensor.of("generic-iaq", **NORMAL)
-    tcp = await ModbusTcpSim([env]).start()
-    cfg = write_config(
-        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
-    )
-    rec: Recorder = recorder_factory(mosquitto.port, topic="roomd/#")
+    env, cfg, rec = one_sensor
     cmd = {"command": "write", "args": {"register": "unoccupied_setpoint_c"}, "id": "r1"}
     rec.publish(f"{BASE}/r301/env/cmd", cmd, retain=True)
     try:
@@ -143,35 +146,26 @@ async def test_a_retained_command_is_not_obeyed(
             assert daemon.metrics.input_rejected.labels("hq", "retained_command")._value.get() == 1
     finally:
         rec.publish(f"{BASE}/r301/env/cmd", b"", retain=True)
-        await tcp.stop()
 
 
 async def test_modbus_writes_out_of_range_are_refused_precisely(
-    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+    one_sensor: tuple[SimSensor, Path, Recorder],
 ) -> None:
-    env = SimSensor.of("generic-iaq", **NORMAL)
-    tcp = await ModbusTcpSim([env]).start()
-    cfg = write_config(
-        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
-    )
-    rec: Recorder = recorder_factory(mosquitto.port, topic="roomd/#")
+    env, cfg, rec = one_sensor
     result = f"{BASE}/r301/env/cmd/result"
-    try:
-        async with running(cfg):
-            for i, value in enumerate([1e308, -1e308, True, "26", 1e6]):
-                args = {"register": "unoccupied_setpoint_c", "value": value}
-                rec.publish(f"{BASE}/r301/env/cmd", {"command": "write", "args": args, "id": i})
-            got = await rec.wait_for(lambda m: m.topic == result, 10, count=5)
-            by_id = {m.json()["id"]: m.json() for m in got}
-            assert all(not r["ok"] for r in by_id.values()), by_id
-            assert "does not fit the int16 register" in by_id[0]["error"]
-            assert "does not fit the int16 register" in by_id[1]["error"]
-            assert by_id[2]["error"] == "args.value: a number"
-            assert by_id[3]["error"] == "args.value: a number"
-            assert "internal error" not in str(by_id)
-            assert env.written == {}
-    finally:
-        await tcp.stop()
+    async with running(cfg):
+        for i, value in enumerate([1e308, -1e308, True, "26", 1e6]):
+            args = {"register": "unoccupied_setpoint_c", "value": value}
+            rec.publish(f"{BASE}/r301/env/cmd", {"command": "write", "args": args, "id": i})
+        got = await rec.wait_for(lambda m: m.topic == result, 10, count=5)
+        by_id = {m.json()["id"]: m.json() for m in got}
+        assert all(not r["ok"] for r in by_id.values()), by_id
+        assert "does not fit the int16 register" in by_id[0]["error"]
+        assert "does not fit the int16 register" in by_id[1]["error"]
+        assert by_id[2]["error"] == "args.value: a number"
+        assert by_id[3]["error"] == "args.value: a number"
+        assert "internal error" not in str(by_id)
+        assert env.written == {}
 
 
 def test_long_http_request_lines_get_431_and_no_traceback(
@@ -417,14 +411,9 @@ async def test_only_authorised_principals_drive_devices_and_ack(
 
 
 async def test_a_huge_bookings_push_is_capped_and_parsed_off_the_loop(
-    tmp_path: Path, mosquitto: Mosquitto, recorder_factory: Any
+    one_sensor: tuple[SimSensor, Path, Recorder],
 ) -> None:
-    env = SimSensor.of("generic-iaq", **NORMAL)
-    tcp = await ModbusTcpSim([env]).start()
-    cfg = write_config(
-        tmp_path / "roomd.yaml", site(tmp_path, mosquitto, [dev("env", "generic-iaq", tcp)])
-    )
-    rec: Recorder = recorder_factory(mosquitto.port, topic="roomd/#")
+    _env, cfg, rec = one_sensor
     start = 1795392000  # 2026-11-23
 
     def at(t: int) -> str:
@@ -458,4 +447,3 @@ async def test_a_huge_bookings_push_is_capped_and_parsed_off_the_loop(
             assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.3f} s"
     finally:
         rec.publish(f"{BASE}/r301/bookings", b"", retain=True)
-        await tcp.stop()
