@@ -143,6 +143,10 @@ class Daemon:
         await self.http.start()
         await self.mqtt.start()
         self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
+        # list(): one C-level copy, safe while the scrape runs in its thread.
+        self.metrics.count_alerts_at_scrape(
+            lambda: Counter(a.severity for a in list(self.book.active.values()))
+        )
         self.metrics.mqtt_connected.set_function(lambda: 1 if self.mqtt.connected.is_set() else 0)
         log.info(
             "roomd %s: %d rooms, %d devices; metrics on http://%s:%d/metrics",
@@ -208,8 +212,7 @@ class Daemon:
         return True
 
     def _apply(self, cfg: SiteConfig, first: bool) -> None:
-        by_sev: Counter[str] = Counter(a.severity for a in self.book.active.values())
-        self.metrics.set_alert_counts(by_sev, {r.id: self.book.room_count(r.id) for r in cfg.rooms})
+        self.metrics.set_room_alerts({r.id: self.book.room_count(r.id) for r in cfg.rooms})
         wanted: dict[tuple[str, str], tuple[Room, DeviceConfig]] = {
             (room.id, dev.id): (room, dev) for room in cfg.rooms for dev in room.devices
         }
@@ -459,8 +462,7 @@ class Daemon:
             else:
                 log.info("alert %s %s%s", a.id, t.kind, f" ({t.reason})" if t.reason else "")
         if transitions:
-            by_sev: Counter[str] = Counter(a.severity for a in self.book.active.values())
-            self.metrics.set_alert_counts(by_sev, {r: self.book.room_count(r) for r in rooms})
+            self.metrics.set_room_alerts({r: self.book.room_count(r) for r in rooms})
             for room in rooms:
                 self._publish_room(room)
             self.meetings.on_transitions(transitions)
