@@ -7,6 +7,7 @@ models are checked here, profiles and device models are loaded here.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import os
 import re
 from dataclasses import dataclass
@@ -422,6 +423,24 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         raise ConfigError(c.issues) from None
 
     _check_secret_files(c, site.mqtt)
+    if site.authorization is not None:
+        for name, principal in site.authorization.principals.items():
+            key = principal.key_file
+            if key is not None and not os.access(key, os.R_OK):
+                c.add(("authorization", "principals", name, "key_file"), f"cannot read {key}")
+        for ri, rule in enumerate(site.authorization.rules):
+            unknown = [
+                cmd
+                for cmd in rule.site_commands
+                if not any(
+                    fnmatch.fnmatchcase(k, cmd) for k in ("ack", "reload", "status", "check")
+                )
+            ]
+            if unknown:
+                c.add(
+                    ("authorization", "rules", ri, "site_commands"),
+                    f"no site command {unknown[0]!r} (known: ack, reload, status, check)",
+                )
     secret = site.signins.secret_file
     if secret is not None and not os.access(secret, os.R_OK):
         c.add(("signins", "secret_file"), f"cannot read {secret}")

@@ -204,6 +204,7 @@ class Daemon:
             log.warning("reload: site and mqtt changes take effect on restart")
         self._apply(new, first=False)
         self.config = new
+        self.authz = Authorizer(new.authorization, new.mqtt.username)  # rules and keys, anew
         self._load_rosters(new)
         self.meetings.configure(new)
         self._publish_discovery()

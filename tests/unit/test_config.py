@@ -377,3 +377,27 @@ def test_home_assistant_commands_can_carry_its_login() -> None:
     topic = "homeassistant/switch/roomd_hq_r301_proj/power/config"
     assert plain[topic]["command_topic"] == "roomd/hq/r301/proj/cmd"
     assert named[topic]["command_topic"] == "roomd/hq/r301/proj/cmd/by/homeassistant"
+
+
+def test_authorization_is_checked_before_anything_connects(tmp_path: Path) -> None:
+    text = """\
+site: hq
+authorization:
+  principals:
+    crestron: {key_file: /nonexistent/crestron.key}
+  rules:
+    - {principals: [ops], site_commands: [ack, reboot]}
+    - {principals: [ha], devices: [projector], commands: [power], colour: red}
+rooms:
+  - id: r1
+"""
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert ":7: authorization.rules[1].colour: unknown key" in out
+    text = text.replace(", colour: red", "")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    out = str(info.value)
+    assert ":4: authorization.principals.crestron.key_file: cannot read" in out
+    assert ":6: authorization.rules[0].site_commands: no site command 'reboot'" in out

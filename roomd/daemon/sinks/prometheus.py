@@ -155,6 +155,7 @@ class Metrics:
         """`roomd_alerts_active{severity}` is computed when scraped, not on every alert
         transition (a count over every active alert per transition was quadratic in fleet
         size)."""
+
         def count(sev: str) -> Callable[[], float]:
             return lambda: float(by_severity().get(sev, 0))
 
