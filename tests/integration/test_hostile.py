@@ -220,8 +220,9 @@ topic write roomd/hq/+/+/cmd
 user intruder
 topic write roomd/hq/+/+/cmd
 topic write roomd/hq/_daemon/cmd
+topic write roomd/hq/+/bookings
 """
-USERS = ("roomd", "ha", "ops", "crestron", "intruder")
+USERS = ("roomd", "ha", "ops", "crestron", "intruder", "booking-system")
 
 
 @pytest.fixture
@@ -279,7 +280,7 @@ class Client:
             except ValueError:
                 self.got.append((m.topic, m.payload))
 
-    def send(self, topic: str, body: dict[str, Any]) -> None:
+    def send(self, topic: str, body: dict[str, Any] | list[Any]) -> None:
         import json
 
         self.c.publish(topic, json.dumps(body), qos=1).wait_for_publish(5)
@@ -319,7 +320,7 @@ async def test_only_authorised_principals_drive_devices_and_ack(
     key = tmp_path / "crestron.key"
     key.write_bytes(b"k" * 32)
     broker = SimpleNamespace(url=f"mqtt://127.0.0.1:{acl_broker}")
-    cfg_data = site(tmp_path, broker, [dev("env", "generic-iaq", tcp)])  # type: ignore[arg-type]
+    cfg_data = site(tmp_path, broker, [dev("env", "generic-iaq", tcp)])
     cfg_data["mqtt"] = {
         "url": f"mqtt://127.0.0.1:{acl_broker}",
         "username": "roomd",
@@ -337,7 +338,9 @@ async def test_only_authorised_principals_drive_devices_and_ack(
     cfg = write_config(tmp_path / "roomd.yaml", cfg_data)
     write = {"command": "write", "args": {"register": "unoccupied_setpoint_c"}}
     env_cmd = f"{BASE}/r301/env/cmd"
-    clients = {u: Client(acl_broker, u) for u in ("ha", "ops", "crestron", "intruder")}
+    clients = {
+        u: Client(acl_broker, u) for u in ("ha", "ops", "crestron", "intruder", "booking-system")
+    }
     try:
         async with running(cfg) as daemon:
             await until(lambda: "r301.env.co2_ppm.max" in daemon.book.active, 10, "alert")
@@ -401,8 +404,20 @@ async def test_only_authorised_principals_drive_devices_and_ack(
             old = sign(key.read_bytes(), env_cmd, {**write, "id": "c3"}, "crestron", 1)
             crestron.send(env_cmd, old)
             assert "too old" in (await crestron.result("c3"))["error"]
+            # Bookings drive pre-warm, shutdown and no-show: only the booking system's login.
+            now, fmt = time.time(), "%Y-%m-%dT%H:%M:%SZ"
+            start, end = time.gmtime(now - 60), time.gmtime(now + 3600)
+            meeting = [
+                {"id": "m1", "start": time.strftime(fmt, start), "end": time.strftime(fmt, end)}
+            ]
+            intruder.send(f"{BASE}/r301/bookings", meeting)
+            await asyncio.sleep(0.5)
+            assert daemon.meetings.current("r301") is None
+            assert not daemon.meetings.rooms["r301"].pushed
+            clients["booking-system"].send(f"{BASE}/r301/bookings/by/booking-system", meeting)
+            await until(lambda: daemon.meetings.current("r301") is not None, 5, "booking taken")
             refused = daemon.metrics.commands_refused
-            assert refused.labels("hq", "unauthorised")._value.get() >= 3
+            assert refused.labels("hq", "unauthorised")._value.get() >= 4
             assert refused.labels("hq", "bad_signature")._value.get() >= 2
     finally:
         for c in clients.values():
