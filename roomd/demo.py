@@ -243,7 +243,7 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 0.5)
         else:
-            console.print(header)
+            console.print(header, soft_wrap=True)  # piped: whole lines, copyable commands
             while not stop.is_set() and not task.done():
                 if duration and time.monotonic() - started > duration:
                     break
