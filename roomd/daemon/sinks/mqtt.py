@@ -421,8 +421,8 @@ class MqttSink:
             return
         parts = topic[len(self.base) + 1 :].split("/")
         by: str | None = None
-        if len(parts) >= 3 and parts[-2] == "by":  # .../cmd/by/{user}: the broker's login
-            by, parts = parts[-1], parts[:-2]
+        if len(parts) >= 4 and parts[-2] == "by" and parts[-3] in ("cmd", "bookings"):
+            by, parts = parts[-1], parts[:-2]  # .../cmd/by/{login}: the broker's login
         if len(parts) == 2 and parts[1] == "bookings":
             if self.on_bookings is not None:
                 self.on_bookings(parts[0], payload, by)
