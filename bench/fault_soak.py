@@ -239,12 +239,16 @@ def soak(
             samples.append((time.monotonic(), rss_mb(pid), open_fds(pid),
                             int(health(http_port).get("tasks", 0))))  # fmt: skip
             next_sample = time.monotonic() + 30
-    time.sleep(20)
+    time.sleep(45)  # a device faulty for 10 s may be in a 8-16 s backoff when it is mended
     raised = cleared = 0
     wrong: list[str] = []
-    for device, kind, at in injected:
+    for index, (device, kind, at) in enumerate(injected):
         alert_id = f"r{device // 10:04d}.env{device % 10}.online.min"
-        events = [(t, a) for t, a in watch.events.get(alert_id, []) if at - 1 <= t <= at + 19]
+        # Its clear may come any time before this device's next fault (backoff), not only
+        # within the 20 s slot.
+        later = [a for d, _k, a in injected[index + 1 :] if d == device]
+        until = later[0] - 1 if later else float("inf")
+        events = [(t, a) for t, a in watch.events.get(alert_id, []) if at - 1 <= t < until]
         ups = sum(1 for _t, a in events if a)
         downs = sum(1 for _t, a in events if not a)
         raised += min(ups, 1)
