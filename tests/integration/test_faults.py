@@ -348,3 +348,21 @@ async def test_silent_slow_closing_and_garbage_devices_among_many_stay_their_own
     finally:
         for sim in sims:
             await sim.stop()
+
+
+async def test_a_serial_port_that_cannot_open_logs_once_not_a_traceback_per_retry(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    port = str(tmp_path / "ttyUSB-missing")
+    devices = [{"id": "climate", "driver": "modbus", "model": "xy-md02", "port": port,
+                "poll": "100ms", "timeout": "100ms", "parity": "N"}]  # fmt: skip
+    cfg = write_config(tmp_path / "roomd.yaml", site(tmp_path, mosquitto, devices))
+    async with running(cfg) as daemon:
+        poller = daemon.pollers[("r301", "climate")]
+        await until(lambda: poller.failures >= 3, 15, "three failed opens")
+    offline = [
+        r for r in caplog.records if "offline" in r.getMessage() and "climate" in r.getMessage()
+    ]
+    assert len(offline) == 1 and f"cannot open {port}" in offline[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
