@@ -361,8 +361,8 @@ async def test_a_serial_port_that_cannot_open_logs_once_not_a_traceback_per_retr
     async with running(cfg) as daemon:
         poller = daemon.pollers[("r301", "climate")]
         await until(lambda: poller.failures >= 3, 15, "three failed opens")
-    offline = [
-        r for r in caplog.records if "offline" in r.getMessage() and "climate" in r.getMessage()
-    ]
-    assert len(offline) == 1 and f"cannot open {port}" in offline[0].getMessage()
+    lines = [r.getMessage() for r in caplog.records]
+    offline = [line for line in lines if line.startswith("r301/climate offline")]
+    assert len(offline) == 1 and f"cannot open {port}" in offline[0]  # on the transition only
+    assert len([line for line in lines if line.startswith("alert r301.climate.online")]) == 1
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
