@@ -9,7 +9,6 @@ import pytest
 
 from tests.conftest import OffLoopback
 
-
 BROADCAST = ".".join(["255"] * 4)  # the limited broadcast address; nothing is sent to it
 
 
