@@ -35,7 +35,7 @@ from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
 from .alerts import AlertBook
 from .attendance import Attendance
-from .authz import ANONYMOUS, Authorizer, Principal, Refused
+from .authz import Authorizer, Principal, Refused
 from .checks import RoomChecker, audio_devices, room_soundcheck
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
@@ -731,7 +731,7 @@ class Daemon:
         """A bookings list pushed by a booking system: only from the sources allowed to."""
         if not self.owns_room(room):
             return
-        who = Principal(by, "topic") if by else Principal(ANONYMOUS, "none")
+        who = Principal.by_topic(by)
         try:
             self.authz.bookings(who)
         except Refused as exc:

@@ -257,16 +257,24 @@ class TcpGateway:
         self.users = 0
         self._opening = asyncio.Lock()
 
+    def _pick(self) -> _TcpLink | None:
+        """The least busy open link, unless every one is busy and another may be opened."""
+        self.links = [link for link in self.links if link.transport is not None]
+        if not self.links:
+            return None
+        best = min(self.links, key=lambda link: len(link.pending))
+        if best.pending and len(self.links) < self.max_connections:
+            return None
+        return best
+
     async def link(self, timeout: float, delay_after_connect: float) -> _TcpLink:
-        alive = [link for link in self.links if link.transport is not None]
-        self.links = alive
-        idle = [link for link in alive if not link.pending]
-        if idle or len(alive) >= self.max_connections:
-            return min(alive, key=lambda link: len(link.pending))
+        link = self._pick()
+        if link is not None:
+            return link
         async with self._opening:  # devices polled at once open one connection, not N
-            alive = [link for link in self.links if link.transport is not None]
-            if alive and (len(alive) >= self.max_connections or not alive[-1].pending):
-                return min(alive, key=lambda link: len(link.pending))
+            link = self._pick()  # another device may have opened one meanwhile
+            if link is not None:
+                return link
             link = await _TcpLink.open(self.host, self.port, timeout)
             if delay_after_connect:
                 await asyncio.sleep(delay_after_connect)
@@ -329,7 +337,6 @@ class RtuBus:
         # Modbus RTU wants ≥ 3.5 character times of silence between frames.
         self.gap = max(0.00175, 3.5 * 11 / baudrate)
         self.quiet_after_timeout = self.gap  # raised by the devices' config
-        self.timeouts = 0
 
     async def _ensure_open(self) -> None:
         if self.transport is None:
@@ -364,7 +371,6 @@ class RtuBus:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         gap = max(gap, self.quiet_after_timeout)
-                        self.timeouts += 1
                         raise DeviceTimeout(
                             f"unit {pdu.dev_id} on {self.port}: no reply within {timeout:g}s"
                         )
@@ -374,7 +380,6 @@ class RtuBus:
                             await self.waiter
                     except TimeoutError:
                         gap = max(gap, self.quiet_after_timeout)
-                        self.timeouts += 1
                         raise DeviceTimeout(
                             f"unit {pdu.dev_id} on {self.port}: no reply within {timeout:g}s"
                         ) from None
