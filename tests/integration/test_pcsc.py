@@ -123,7 +123,7 @@ async def test_pcsc_sign_in_through_the_daemon(
     rec = recorder_factory(mosquitto.port, topic="roomd/#")
     card = VirtualCard(pcscd)
     async with running(cfg) as daemon:
-        await until(lambda: daemon.pollers[("r301", "pcsc")].online is True, 10, "reader")
+        await until(lambda: daemon.pollers[("r301", "pcsc")].online is True, 30, "reader")
         await card.tap("04A1B2C3D4E5F6")
         event = (
             await rec.wait_for(
