@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from smartcard.System import readers
 
 from roomd.drivers.base import DeviceUnreachable, DriverContext
 from roomd.drivers.pcsc import PcscConfig, PcscReaderDriver
@@ -47,7 +48,19 @@ def pcscd(tmp_path: Path) -> Iterator[int]:
                 break
         except OSError:
             time.sleep(0.05)
-    time.sleep(0.3)
+    # pcscd opens its own socket after loading the driver; wait until a context and the
+    # reader are really there, or a loaded CI machine sees "Service not available".
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if any(str(r).startswith("Virtual PCD") for r in readers()):
+                break
+        except Exception:  # pcscd not yet answering: any failure means "wait"
+            pass
+        if time.monotonic() > deadline:
+            proc.terminate()
+            pytest.fail("pcscd did not offer the virtual reader within 20 s")
+        time.sleep(0.1)
     yield port
     proc.terminate()
     proc.wait(10)
