@@ -39,6 +39,9 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            # As root Mosquitto would switch to its own user, which cannot write the test's
+            # folder: persistence would silently fail. Ignored when not run as root.
+            + "user root\n"
             + (
                 f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
                 if persistence

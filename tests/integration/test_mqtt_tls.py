@@ -161,10 +161,10 @@ async def test_tls_password_connects_and_publishes(tmp_path: Path, secure_broker
                 "availability over TLS",
             )
             # The ACL limits roomd's user to its prefix: the broker drops the rest.
-            client = daemon.mqtt._client
-            assert client is not None
-            client.publish("other/leak", b"x", qos=1)
-            client.publish("roomd/hq/probe", b"y", qos=1)
+            conn = daemon.mqtt._conn
+            assert conn is not None
+            conn.publish("other/leak", b"x", 1, False, 60001)
+            conn.publish("roomd/hq/probe", b"y", 1, False, 60002)
             await until(lambda: ("roomd/hq/probe", b"y") in obs.got, 10, "own prefix delivered")
             assert ("other/leak", b"x") not in obs.got
     finally:
@@ -211,7 +211,7 @@ async def test_wrong_ca_and_wrong_password_fail_clearly(
     task = asyncio.create_task(daemon.run())
     try:
         await until(lambda: "refused" in caplog.text, 10, "a refusal")
-        assert "MQTT: broker refused the connection: Not authorized" in caplog.text
+        assert "MQTT: broker refused the connection: not authorized" in caplog.text
         assert "wrong" not in caplog.text.replace("wrong password", "")  # the secret never logged
     finally:
         daemon.stop()

@@ -1,15 +1,15 @@
 """MQTT sink: the contract's topics, with alert transitions and events drained from the outbox.
 
-paho-mqtt (≈22 µs a publish; aiomqtt costs ≈200 µs) is driven by our asyncio loop itself:
-its socket is registered with add_reader/add_writer, as in paho's own asyncio example, so no
-second thread competes for the GIL on every publish. Only the blocking connect (DNS, TCP,
-TLS handshake) runs in an executor thread; reconnects use capped, jittered backoff.
+The wire is roomd's own MQTT 3.1.1 client on the event loop (sinks/mqtt_wire.py: one write per
+loop pass, acks parsed in bulk; why not paho or an asyncio client library is said there).
+Connecting (DNS, TCP, TLS, CONNECT/CONNACK) is bounded by the connect timeout; reconnects use
+capped, jittered backoff.
 
 Ordering and durability: alert transitions and events are rows in the SQLite outbox. The
-drainer hands rows to paho in sequence order only while connected; a row is deleted when the
-broker has acknowledged it and every row before it (QoS 1). paho re-sends its in-flight QoS 1
-messages itself after a reconnect, in order, so the drainer never hands a row over twice within
-one process; after a crash the outbox is replayed from its first unacknowledged row.
+drainer hands rows to the wire in sequence order only while connected; a row is deleted when
+the broker has acknowledged it and every row before it (QoS 1). After a lost connection the
+drainer starts again from the first row not yet acknowledged (rows acknowledged out of order
+are not sent twice); after a crash the outbox is replayed from its first unacknowledged row.
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import ssl
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import orjson
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ..clock import Clock, iso
 from ..config import MqttConfig
 from ..inbound import LogLimiter
 from ..model import Transition
 from ..store import Pending, Store
+from .mqtt_wire import Connection, MqttError, Will, connect_packet, describe
 
 log = logging.getLogger("roomd.mqtt")
 _limited = LogLimiter(log)
@@ -47,7 +44,8 @@ def dumps(obj: Any) -> bytes:
 
 
 class MqttSink:
-    WINDOW = 500  # rows handed to paho and not yet acknowledged
+    WINDOW = 500  # outbox rows handed to the wire and not yet acknowledged
+    CONNECT_TIMEOUT = 10.0
 
     def __init__(
         self,
@@ -65,18 +63,16 @@ class MqttSink:
         self.availability_topic = f"{self.base}/_daemon/availability"
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._inflight: dict[int, int] = {}  # paho mid → outbox seq
+        self._conn: Connection | None = None
+        self._inflight: dict[int, int] = {}  # packet id → outbox seq
+        self._waiters: dict[int, asyncio.Future[None]] = {}  # packet id → someone waiting
+        self._next_mid = 0
         self._sent_upto = 0
         self._acked: set[int] = set()
         self._retained: dict[str, bytes] = {}  # latest state topics, re-sent after reconnect
-        # mids of messages nobody waits for (state, command results): their PUBACKs are dropped
-        # in paho's thread instead of costing a hop to the event loop each.
-        self._untracked: set[int] = set()
-        self._client: mqtt.Client | None = None
+        self._unsent: set[str] = set()  # state topics held back while the socket is full
         self.last_error = ""
         self._attempt = 0
-        self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # More subscriptions: topic → handler of its payloads (HA's status, instance heartbeats).
         self.extra_topics: dict[str, Callable[[bytes], None]] = {}
@@ -89,9 +85,10 @@ class MqttSink:
         self.on_connected: list[Callable[[], None]] = []
         # Messages that never reach a handler (retained commands, handler failures).
         self.on_rejected: Callable[[str], None] | None = None
-        self._sock: Any = None
-        self._loop_thread = 0
         self._closing = False
+        self._client_id = (
+            cfg.client_id or f"roomd-{self.base.replace('/', '-')}-{random.getrandbits(24):06x}"
+        )
 
     # ---- topics and payloads -------------------------------------------------------------
 
@@ -118,151 +115,135 @@ class MqttSink:
 
     def publish_state(self, topic: str, payload: dict[str, Any]) -> None:
         """Retained latest-value topics: not queued (only the newest matters), re-sent on
-        reconnect."""
+        reconnect; held back while the socket is full and sent when it drains."""
         data = dumps(payload)
         self._retained[topic] = data
-        client = self._client
-        if client is not None and self.connected.is_set():
-            info = client.publish(topic, data, qos=self.cfg.state_qos, retain=True)
-            if self.cfg.state_qos:
-                self._untracked.add(info.mid)
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
+            if conn.writable.is_set():
+                qos = self.cfg.state_qos
+                conn.publish(topic, data, qos, True, self._mid() if qos else 0)
+            else:
+                self._unsent.add(topic)
 
     def unpublish(self, topic: str) -> None:
         """Clear a retained topic (an empty retained payload), now or on the next connect."""
         self._retained[topic] = b""
-        client = self._client
-        if client is not None and self.connected.is_set():
-            client.publish(topic, b"", qos=1, retain=True)
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
+            conn.publish(topic, b"", 1, True, self._mid())
 
     def publish_now(self, topic: str, payload: dict[str, Any], qos: int = 1) -> None:
         """Fire-and-forget (command results): lost if the broker is down, by design."""
-        client = self._client
-        if client is not None and self.connected.is_set():
-            info = client.publish(topic, dumps(payload), qos=qos, retain=False)
-            if qos:
-                self._untracked.add(info.mid)
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
+            conn.publish(topic, dumps(payload), qos, False, self._mid() if qos else 0)
 
     def kick(self) -> None:
         self._wake.set()
 
+    def _mid(self) -> int:
+        """The next packet id not in flight (ids of untracked messages may be reused)."""
+        mid = self._next_mid
+        while True:
+            mid = mid + 1 if mid < 0xFFFF else 1
+            if mid not in self._inflight and mid not in self._waiters:
+                self._next_mid = mid
+                return mid
+
     # ---- connection ------------------------------------------------------------------------
 
-    def _make_client(self) -> mqtt.Client:
-        client_id = (
-            self.cfg.client_id
-            or f"roomd-{self.base.replace('/', '-')}-{random.getrandbits(24):06x}"
-        )
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        client.max_inflight_messages_set(100)
-        client.max_queued_messages_set(0)
-        if self.cfg.username:
-            client.username_pw_set(self.cfg.username, self.cfg.secret())
-        if self.cfg.tls:
-            ctx = ssl.create_default_context(
-                cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.cfg.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.cfg.ca_file) if self.cfg.ca_file else None)
+        if self.cfg.cert_file:
+            ctx.load_cert_chain(
+                str(self.cfg.cert_file), str(self.cfg.key_file) if self.cfg.key_file else None
             )
-            if self.cfg.cert_file:
-                ctx.load_cert_chain(
-                    str(self.cfg.cert_file), str(self.cfg.key_file) if self.cfg.key_file else None
-                )
-            client.tls_set_context(ctx)
-        client.will_set(self.availability_topic, b"offline", qos=1, retain=True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_register_write
-        client.on_socket_unregister_write = self._on_unregister_write
-        return client
+        return ctx
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
-        self._client = self._make_client()
-        self._tasks = [
-            asyncio.create_task(self._connection_loop(), name="mqtt-connection"),
-            asyncio.create_task(self._misc_loop(), name="mqtt-keepalive"),
-        ]
+        self._tasks = [asyncio.create_task(self._connection_loop(), name="mqtt-connection")]
 
     async def _connection_loop(self) -> None:
-        client = self._client
-        assert client is not None and self._loop is not None
-        first = True
+        cfg = self.cfg
+        packet = connect_packet(
+            self._client_id,
+            int(cfg.keepalive),
+            cfg.username,
+            cfg.secret() if cfg.username else None,
+            Will(self.availability_topic, b"offline", 1, True),
+        )
         while True:
-            self._lost.clear()
             try:
-                if first:
-                    await self._loop.run_in_executor(
-                        None, client.connect, self.cfg.host, self.cfg.port, int(self.cfg.keepalive)
-                    )
-                    first = False
+                conn = await Connection.open(
+                    cfg.host,
+                    cfg.port,
+                    ssl_context=self._ssl_context(),
+                    connect=packet,
+                    keepalive=cfg.keepalive,
+                    timeout=self.CONNECT_TIMEOUT,
+                    on_message=self._on_message,
+                    on_puback=self._published,
+                )
+            except (OSError, ssl.SSLError, MqttError, TimeoutError, ValueError) as exc:
+                why = describe(exc)
+                if isinstance(exc, MqttError):
+                    self._note_failure(why)
                 else:
-                    await self._loop.run_in_executor(None, client.reconnect)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self._note_failure(f"cannot connect to {self.cfg.host}:{self.cfg.port}: {exc}")
-                self._lost.set()
-            await self._lost.wait()
+                    self._note_failure(f"cannot connect to {cfg.host}:{cfg.port}: {why}")
+            else:
+                self._conn = conn
+                conn.on_writable = self._on_writable
+                conn.on_oversize = self._on_oversize
+                conn.suback = self._on_suback
+                self._on_connect(conn)
+                why = await conn.closed
+                self._disconnected(why)
             self._attempt += 1
             # Equal jitter: between half and all of min(30 s, 0.5 s × 2^attempt).
             ceiling = min(30.0, 0.5 * 2 ** min(self._attempt, 6))
             await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
-    async def _misc_loop(self) -> None:
-        # Keepalive pings and retries of unacknowledged packets.
-        while True:
-            await asyncio.sleep(1.0)
-            client = self._client
-            if client is not None and self._sock is not None:
-                client.loop_misc()
+    def _on_connect(self, conn: Connection) -> None:
+        conn.publish(self.availability_topic, b"online", 1, True, self._mid())
+        b = self.base
+        conn.subscribe(
+            self._mid(),
+            [(f"{b}/+/+/cmd", 1), (f"{b}/_daemon/cmd", 1)]
+            + [(f"{b}/+/+/cmd/by/+", 1), (f"{b}/_daemon/cmd/by/+", 1)]
+            + ([(f"{b}/+/bookings", 1), (f"{b}/+/bookings/by/+", 1)] if self.on_bookings else [])
+            + [(t, 1) for t in self.extra_topics],
+        )
+        for topic, data in list(self._retained.items()):
+            conn.publish(topic, data, 1, True, self._mid())
+        self._unsent.clear()
+        # Before the outbox drains: its rows (older or newer transitions of the same alerts)
+        # follow in order, so the last message on each topic is still the current state.
+        if self.retained_snapshot is not None:
+            for topic, data in self.retained_snapshot().items():
+                conn.publish(topic, data, 1, True, self._mid())
+        self._connected()
 
-    # ---- socket registration (paho ↔ asyncio) ----------------------------------------------
+    def _on_writable(self) -> None:
+        """The socket drained: send the newest value of each state topic held back."""
+        conn = self._conn
+        unsent, self._unsent = self._unsent, set()
+        if conn is None:
+            return
+        for topic in unsent:
+            conn.publish(topic, self._retained[topic], self.cfg.state_qos, True, self._mid())
+        self.kick()
 
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # TLS-wrapped or non-TCP sockets
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._call(self._register, sock)
+    def _on_suback(self, mid: int, codes: bytes) -> None:
+        if b"\x80" in codes:
+            refused = codes.count(0x80)
+            log.error("MQTT: the broker refused %d of our subscriptions (its ACL?)", refused)
 
-    def _register(self, sock: Any) -> None:
-        assert self._loop is not None and self._client is not None
-        client = self._client
-        self._sock = sock
-        self._loop.add_reader(sock, client.loop_read)
-        if client.want_write():
-            self._loop.add_writer(sock, client.loop_write)
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._unregister, sock)
-
-    def _unregister(self, sock: Any) -> None:
-        assert self._loop is not None
-        if self._sock is sock:
-            self._sock = None
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(sock)
-            self._loop.remove_writer(sock)
-        self._lost.set()
-
-    def _on_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._want_write, sock)
-
-    def _want_write(self, sock: Any) -> None:
-        if self._loop is not None and self._client is not None and sock is self._sock:
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _on_unregister_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._no_write, sock)
-
-    def _no_write(self, sock: Any) -> None:
-        if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_writer(sock)
+    def _on_oversize(self, length: int) -> None:
+        self._rejected("oversize")
+        _limited(logging.WARNING, "oversize", "MQTT message of %d bytes discarded", length)
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
@@ -273,30 +254,28 @@ class MqttSink:
             return False
 
     async def stop(self) -> None:
-        client = self._client
-        if client is None:
-            return
         self._closing = True  # the disconnect that follows is ours, not a lost broker
-        if self.connected.is_set():
+        conn = self._conn
+        if conn is not None and self.connected.is_set():
             # Drain what the outbox holds (briefly), then say goodbye retained.
             await self._drain_briefly(2.0)
-            info = client.publish(self.availability_topic, b"offline", qos=1, retain=True)
-            for _ in range(50):
-                if info.is_published():
-                    break
-                await asyncio.sleep(0.02)
-            client.disconnect()
-            with contextlib.suppress(Exception):
-                client.loop_write()
+            mid = self._mid()
+            acked = self._waiters[mid] = asyncio.get_running_loop().create_future()
+            conn.publish(self.availability_topic, b"offline", 1, True, mid)
+            with contextlib.suppress(TimeoutError, MqttError):
+                async with asyncio.timeout(1.0):
+                    await acked
+            self._waiters.pop(mid, None)
+            conn.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._sock is not None:
-            self._unregister(self._sock)
+        if conn is not None:
+            conn.abort()
         self.connected.clear()
-        self._client = None
+        self._conn = None
 
     async def _drain_briefly(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -305,64 +284,20 @@ class MqttSink:
             self.kick()
             await asyncio.sleep(0.02)
 
-    # ---- paho callbacks (on the loop, or in the executor during connect) --------------------
+    # ---- wire callbacks (on the loop) --------------------------------------------------------
 
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        elif self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        if reason.is_failure:
-            self._call(self._note_failure, f"broker refused the connection: {reason}")
-            return
-        client.publish(self.availability_topic, b"online", qos=1, retain=True)
-        b = self.base
-        client.subscribe(
-            [(f"{b}/+/+/cmd", 1), (f"{b}/_daemon/cmd", 1)]
-            + [(f"{b}/+/+/cmd/by/+", 1), (f"{b}/_daemon/cmd/by/+", 1)]
-            + ([(f"{b}/+/bookings", 1), (f"{b}/+/bookings/by/+", 1)] if self.on_bookings else [])
-            + [(t, 1) for t in self.extra_topics]
-        )
-        for topic, data in list(self._retained.items()):
-            client.publish(topic, data, qos=1, retain=True)
-        # Before the outbox drains: its rows (older or newer transitions of the same alerts)
-        # follow in order, so the last message on each topic is still the current state.
-        if self.retained_snapshot is not None:
-            for topic, data in self.retained_snapshot().items():
-                client.publish(topic, data, qos=1, retain=True)
-        self._call(self._connected)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        self._call(self._disconnected, str(reason))
-        self._call(self._lost.set)
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
-    ) -> None:
+    def _on_message(self, topic_bytes: bytes, payload: bytes, retained: bool) -> None:
+        # Nothing may escape into the read loop: one poisoned message must cost one message.
         try:
-            self._untracked.remove(mid)
-        except KeyError:
-            self._call(self._published, mid)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # Nothing may escape into paho's read loop: it would handle the same packet again and
-        # again (a busy loop on one poisoned message).
-        try:
-            topic = msg.topic  # paho decodes it: invalid UTF-8 raises here
-            self._call(self._command, topic, bytes(msg.payload), bool(msg.retain))
+            topic = topic_bytes.decode()
+            self._command(topic, payload, retained)
         except Exception as exc:
             self._rejected("handler")
             _limited(
                 logging.ERROR,
                 f"handler:{type(exc).__name__}",
                 "MQTT message on %r not handled: %s: %s",
-                getattr(msg, "_topic", b"?")[:200],
+                topic_bytes[:200],
                 type(exc).__name__,
                 str(exc)[:200],
             )
@@ -371,8 +306,6 @@ class MqttSink:
         if self.on_rejected is not None:
             with contextlib.suppress(Exception):
                 self.on_rejected(kind)
-
-    # ---- on the asyncio loop -----------------------------------------------------------------
 
     def _connected(self) -> None:
         if self._attempt or self.last_error:
@@ -396,13 +329,24 @@ class MqttSink:
         if self.connected.is_set() and not self._closing:
             log.warning("MQTT broker connection lost (%s); alerts wait in the outbox", why)
         self.connected.clear()
-        self._untracked.clear()
-        self._attempt += 1
+        self._conn = None
+        # Rows in flight were not acknowledged: the drainer sends them again, in order, from
+        # the first one not yet acknowledged; rows acknowledged meanwhile are skipped.
+        if self._inflight:
+            self._sent_upto = min(self._inflight.values()) - 1
+        self._inflight.clear()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(MqttError(why))
+        self._waiters.clear()
 
     def _published(self, mid: int) -> None:
         seq = self._inflight.pop(mid, None)
         if seq is None:
-            return
+            waiter = self._waiters.pop(mid, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            return  # state, command results: nobody waits
         self._acked.add(seq)
         # Delete the longest acknowledged prefix of the outbox.
         lowest_open = min(self._inflight.values(), default=self._sent_upto + 1)
@@ -442,9 +386,13 @@ class MqttSink:
     async def run_drainer(self) -> None:
         while True:
             await self.connected.wait()
-            client = self._client
-            if client is None:
-                return
+            conn = self._conn
+            if conn is None or not conn.is_open:
+                await asyncio.sleep(0.05)
+                continue
+            if not conn.writable.is_set():
+                await conn.writable.wait()
+                continue
             room = self.WINDOW - len(self._inflight)
             rows = self.store.outbox_after(self._sent_upto, room) if room > 0 else []
             if not rows:
@@ -452,13 +400,14 @@ class MqttSink:
                 await self._wake.wait()
                 continue
             for row in rows:
-                if not self.connected.is_set():
-                    break
-                info = client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
-                self._inflight[info.mid] = row.seq
                 self._sent_upto = row.seq
-                if info.rc == mqtt.MQTT_ERR_NO_CONN:
-                    break  # paho keeps it queued and sends it first after reconnecting
+                if row.seq in self._acked:
+                    continue  # acknowledged before the connection was lost
+                mid = self._mid()
+                self._inflight[mid] = row.seq
+                conn.publish(row.topic, row.payload, row.qos, row.retain, mid)
+                if not row.qos:
+                    self._published(mid)  # nothing will acknowledge it
             await asyncio.sleep(0)
 
     @property
