@@ -11,7 +11,8 @@ pinned to CPU 1; each contender in turn runs pinned to CPU 0. Measured per conte
 - for roomd, crossing → alert latency at an MQTT subscriber (the farm pins one device's CO2 to
   1500 ppm; the alert's retained message is timed) and memory over the window.
 
-Usage: python bench/compare.py --devices 5000 --warmup 20 --window 60 [--contenders roomd,naive,nodered]
+Usage: python bench/compare.py --devices 5000 --warmup 20 --window 60
+       [--contenders roomd,naive,nodered]
 """
 
 from __future__ import annotations
@@ -47,19 +48,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and its reaped children."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, its reaped children included."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    tck = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[13])) / tck, (int(fields[12]) + int(fields[14])) / tck
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and its live descendants (roomd's workers, node's children)."""
-    total = 0.0
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def tree_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) seconds of a process and its live descendants (workers, node's)."""
+    user = system = 0.0
     for p in [pid, *descendants(pid)]:
         with contextlib.suppress(OSError):
-            total += cpu_seconds(p)
-    return total
+            u, s = cpu_split(p)
+            user, system = user + u, system + s
+    return user, system
 
 
 def descendants(pid: int) -> list[int]:
@@ -195,10 +202,12 @@ def measure(name: str, work: Path, ports_file: Path, mqtt_port: int, farm: FarmC
         latencies: list[float] = []
         missed = 0
         rss_samples: list[float] = []
-        c0, n0, t0 = tree_cpu(proc.pid), farm.count(), time.monotonic()
+        (u0, s0), n0, t0 = tree_cpu(proc.pid), farm.count(), time.monotonic()
+        c0 = u0 + s0
         end = t0 + args.window
         n = len(json.loads(ports_file.read_text()))
-        watch = AlertWatch(mqtt_port, "roomd/bench/+/alerts/#") if name.startswith("roomd") else None
+        is_roomd = name.startswith("roomd")
+        watch = AlertWatch(mqtt_port, "roomd/bench/+/alerts/#") if is_roomd else None
         while time.monotonic() < end:
             rss_samples.append(tree_rss_mb(proc.pid))
             if watch is None or len(latencies) + missed >= args.samples:
@@ -216,7 +225,8 @@ def measure(name: str, work: Path, ports_file: Path, mqtt_port: int, farm: FarmC
             back = time.time()
             farm.ask(f"set {k} -")
             watch.wait(alert_id, False, back, 10)
-        c1, n1, t1 = tree_cpu(proc.pid), farm.count(), time.monotonic()
+        (u1, s1), n1, t1 = tree_cpu(proc.pid), farm.count(), time.monotonic()
+        c1 = u1 + s1
         if watch is not None:
             watch.close()
         polls = n1 - n0
@@ -228,6 +238,8 @@ def measure(name: str, work: Path, ports_file: Path, mqtt_port: int, farm: FarmC
             "polls_per_s": round(polls / wall, 1),
             "cpu_pct_of_one_core": round(100 * (c1 - c0) / wall, 1),
             "us_per_poll": round(1e6 * (c1 - c0) / max(1, polls), 1),
+            "user_us_per_poll": round(1e6 * (u1 - u0) / max(1, polls), 1),
+            "system_us_per_poll": round(1e6 * (s1 - s0) / max(1, polls), 1),
             "rss_mb_end": round(rss_samples[-1], 1) if rss_samples else None,
             "rss_mb_min_max": [round(min(rss_samples), 1), round(max(rss_samples), 1)]
             if rss_samples

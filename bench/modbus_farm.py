@@ -97,9 +97,7 @@ async def serve(n: int, ports_file: Path, control_port: int, steady: bool) -> No
     farm = Farm(n, steady)
     ports = []
     for i in range(n):
-        server = await loop.create_server(
-            lambda i=i: Sensor(farm, i), "127.0.0.1", 0, backlog=64
-        )
+        server = await loop.create_server(lambda i=i: Sensor(farm, i), "127.0.0.1", 0, backlog=64)
         ports.append(server.sockets[0].getsockname()[1])
     await loop.create_datagram_endpoint(
         lambda: Control(farm), local_addr=("127.0.0.1", control_port)

@@ -12,6 +12,7 @@ import random
 import struct
 import sys
 import time
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -43,5 +44,5 @@ async def main(ports: list[int], mqtt_port: int, interval: float) -> None:
 
 
 if __name__ == "__main__":
-    ports = json.loads(open(sys.argv[1]).read())
+    ports = json.loads(Path(sys.argv[1]).read_text())
     asyncio.run(main(ports, int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 1.0))

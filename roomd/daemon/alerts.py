@@ -142,6 +142,24 @@ def _message(rule: Rule, value: float | str) -> str:
     return f"{rule.label} {_fmt(value, rule.unit, n)} {side} {_fmt(limit, rule.unit, n)}"
 
 
+class _DeviceRules:
+    """One device's rules: shared compiled rules, and its alert ids built on first use."""
+
+    __slots__ = ("compiled", "pairs", "prefix")
+
+    def __init__(self, compiled: dict[str, list[Rule]], prefix: str) -> None:
+        self.compiled = compiled
+        self.prefix = prefix
+        self.pairs: dict[str, list[tuple[Rule, str]]] = {}
+
+    def pairs_for(self, metric: str) -> list[tuple[Rule, str]] | None:
+        rules = self.compiled.get(metric)
+        if rules is None:
+            return None
+        pairs = self.pairs[metric] = [(r, f"{self.prefix}{metric}.{r.rule}") for r in rules]
+        return pairs
+
+
 @dataclass(slots=True)
 class _Pending:
     since: float  # monotonic time the condition started
@@ -157,8 +175,12 @@ class AlertBook:
     def __init__(self, clock: Clock, active: Iterable[Alert] = ()) -> None:
         self.clock = clock
         self.active: dict[str, Alert] = {a.id: a for a in active}
-        # (room, device) → metric → [(rule, alert id)]; ids built once, not on every poll.
-        self._rules: dict[tuple[str, str], dict[str, list[tuple[Rule, str]]]] = {}
+        # (room, device) → its rules. Compiled rules are shared by every device with the same
+        # thresholds; a device's (rule, alert id) pairs are built for a metric the first time
+        # it reports it (a profile names ~30 metrics, a device reports a few): 5,000 devices
+        # would otherwise hold ~1 M objects for rules that never apply to them.
+        self._rules: dict[tuple[str, str], _DeviceRules] = {}
+        self._compiled: dict[tuple[tuple[str, int], ...], tuple[dict[str, list[Rule]], Any]] = {}
         self._raising: dict[str, _Pending] = {}
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
@@ -178,10 +200,15 @@ class AlertBook:
         self._by_device[key] = max(0, self._by_device.get(key, 0) + delta)
 
     def set_rules(self, room: str, device: str, thresholds: Mapping[str, Threshold]) -> None:
-        self._rules[(room, device)] = {
-            metric: [(rule, f"{room}.{device}.{metric}.{rule.rule}") for rule in rules]
-            for metric, rules in compile_rules(thresholds).items()
-        }
+        # Keyed by the threshold objects themselves (kept alive in the value, so an id is
+        # never reused while cached): devices of one room and profile share one compilation.
+        key = tuple((metric, id(t)) for metric, t in thresholds.items())
+        cached = self._compiled.get(key)
+        if cached is None:
+            if len(self._compiled) > 10_000:  # reloads add keys; never unbounded
+                self._compiled.clear()
+            cached = self._compiled[key] = (compile_rules(thresholds), tuple(thresholds.values()))
+        self._rules[(room, device)] = _DeviceRules(cached[0], f"{room}.{device}.")
 
     def room_count(self, room: str) -> int:
         return self._by_room.get(room, 0)
@@ -197,9 +224,10 @@ class AlertBook:
         detail: str = "",
     ) -> list[Transition]:
         """Evaluate readings; a value of None means "not applicable now" and clears."""
-        rules = self._rules.get((room, device))
-        if not rules:
+        dev = self._rules.get((room, device))
+        if dev is None or not dev.compiled:
             return []
+        rules = dev.pairs
         out: list[Transition] = []
         now = -1.0  # read the clock only when a hold or clear timer is involved
         active, raising, clearing = self.active, self._raising, self._clearing
@@ -207,7 +235,9 @@ class AlertBook:
         for metric, value in readings.items():
             metric_rules = rules.get(metric)
             if metric_rules is None:
-                continue
+                metric_rules = dev.pairs_for(metric)
+                if metric_rules is None:
+                    continue
             if value is None:
                 out.extend(self._not_applicable(metric_rules))
                 continue

@@ -25,7 +25,7 @@ from .soundcheck import SoundCheckResult, soundcheck
 
 if TYPE_CHECKING:
     from .config import Room
-    from .supervisor import Daemon, Poller
+    from .site import Poller, Site
 
 LEVEL_NAMES = {
     0: "inspection (day before)",
@@ -40,8 +40,8 @@ CHECK_METRICS = ("room_ready", "room_sealed", "bookings")  # the check's own ale
 
 
 class RoomChecker:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, site: Site) -> None:
+        self.site = site
         self._running: dict[str, asyncio.Task[dict[str, Any]]] = {}
 
     async def run(
@@ -58,7 +58,7 @@ class RoomChecker:
     async def _run(
         self, room: Room, level: int, booking: Booking | None, previous: dict[str, Any] | None
     ) -> dict[str, Any]:
-        d = self.daemon
+        d = self.site
         started = time.monotonic()
         at = d.clock.time()
         pollers = list(d.room_pollers.get(room.id, {}).values())

@@ -21,7 +21,7 @@ from ..drivers.base import CommandError, DeviceError, Readings
 from ..drivers.nfc import CardReaderDriver
 from ..drivers.x32 import MixerDriver
 from .bookings import OFF_LOOP_BYTES, Booking, CalendarWorker, RoomBookings, parse_push
-from .checks import render_html
+from .checks import RoomChecker, render_html
 from .clock import iso
 from .config import ROOM_DEVICE, Room, SiteConfig
 from .inbound import LogLimiter
@@ -30,7 +30,7 @@ from .private import private_dir, write_private
 from .store import Store, UsageRow
 
 if TYPE_CHECKING:
-    from .supervisor import Daemon, Poller
+    from .site import Poller, Site
 
 log = logging.getLogger("roomd.meetings")
 _limited = LogLimiter(log)
@@ -69,18 +69,19 @@ class ActionLog:
 
 
 class MeetingPlanner:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, site: Site, checker: RoomChecker) -> None:
+        self.site = site
+        self.checker = checker
         self.rooms: dict[str, RoomBookings] = {}
-        self.done = ActionLog(daemon.store, daemon.clock.time)  # (booking id, action)
+        self.done = ActionLog(site.store, site.clock.time)  # (booking id, action)
         # room → last report, across restarts
-        self.last_check: dict[str, dict[str, Any]] = daemon.store.last_checks()
+        self.last_check: dict[str, dict[str, Any]] = site.store.last_checks()
         self.usage: dict[str, dict[str, UsageRow]] = {}  # booking id → device → row
         self._last_tick: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._push_seq: dict[str, int] = {}
         self.calendars = CalendarWorker()
-        self.configure(daemon.config)
+        self.configure(site.config)
 
     # ---- config and bookings -----------------------------------------------------------------
 
@@ -100,8 +101,8 @@ class MeetingPlanner:
             del self.rooms[gone]
 
     async def refresh(self) -> None:
-        cfg = self.daemon.config.meetings
-        now = self.daemon.clock.time()
+        cfg = self.site.config.meetings
+        now = self.site.clock.time()
         await asyncio.gather(
             *(
                 rb.refresh(self.calendars, now, cfg.horizon, cfg.max_bookings)
@@ -119,7 +120,7 @@ class MeetingPlanner:
         if rb is None:
             _limited(logging.WARNING, "unknown-room", "bookings for unknown room %r", room_id)
             return
-        limit = self.daemon.config.meetings.max_bookings
+        limit = self.site.config.meetings.max_bookings
         if len(payload) <= OFF_LOOP_BYTES:
             rb.push(payload, limit)
             self._report_sources(room_id)
@@ -149,7 +150,7 @@ class MeetingPlanner:
                 room_id,
                 detail,
             )
-        self.daemon.room_reading(room_id, {"bookings": value if rb.known else None}, detail)
+        self.site.room_reading(room_id, {"bookings": value if rb.known else None}, detail)
 
     # ---- queries -----------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ class MeetingPlanner:
         rb = self.rooms.get(room_id)
         if rb is None:
             return None
-        return rb.current(self.daemon.clock.time() if now is None else now)
+        return rb.current(self.site.clock.time() if now is None else now)
 
     def meeting_for_signin(self, room_id: str, now: float) -> Booking | None:
         """The meeting a sign-in belongs to: the running one, else one starting within 30 min
@@ -180,7 +181,7 @@ class MeetingPlanner:
             return None
         for b in rb.all():
             inspected = b.cls != "small" and (b.id, "inspection") in self.done
-            if inspected and 0 < b.start - now <= self.daemon.config.meetings.inspection:
+            if inspected and 0 < b.start - now <= self.site.config.meetings.inspection:
                 return b
         return None
 
@@ -193,14 +194,14 @@ class MeetingPlanner:
         b = self.current(room_id, now) or self.next_booking(room_id, now)
         if b is None:
             return 1, None
-        levels = self.daemon.config.meetings.check_levels
+        levels = self.site.config.meetings.check_levels
         reached = [i + 1 for i, before in enumerate(levels) if now >= b.start - before]
         return (max(reached) if reached else 1), b
 
     # ---- the clock ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        cfg = self.daemon.config.meetings
+        cfg = self.site.config.meetings
         next_refresh = 0.0
         while True:
             # A bug here must not stop the daemon's polling: log it and carry on next second.
@@ -215,7 +216,7 @@ class MeetingPlanner:
 
     def tick(self) -> None:
         """Everything due at the daemon clock's now. Cheap; called every second."""
-        d = self.daemon
+        d = self.site
         now = d.clock.time()
         dt = 0.0 if self._last_tick is None else max(0.0, min(now - self._last_tick, 60.0))
         self._last_tick = now
@@ -243,9 +244,9 @@ class MeetingPlanner:
                 self._due(room, rb, b, now)
 
     def _due(self, room: Room, rb: RoomBookings, b: Booking, now: float) -> None:
-        cfg = self.daemon.config.meetings
+        cfg = self.site.config.meetings
         done = self.done
-        pollers = self.daemon.room_pollers.get(room.id, {}).values()
+        pollers = self.site.room_pollers.get(room.id, {}).values()
         if any(p.online is None for p in pollers):
             return  # just started: act once every device has answered (or failed) once
         if now < b.start:
@@ -322,12 +323,12 @@ class MeetingPlanner:
         """A check; its failure raises "room not ready" when it is scheduled, or on demand
         when a meeting runs or starts within the first check level (T−2 h). Otherwise an
         on-demand check reports and pages nobody."""
-        d = self.daemon
+        d = self.site
         previous = self.last_check.get(room.id)
         if previous is not None and booking is not None:
             same = (previous.get("meeting") or {}).get("id") == booking.id
             previous = previous if same else None
-        report = await d.checker.run(room, level, booking, previous)
+        report = await self.checker.run(room, level, booking, previous)
         now = d.clock.time()
         near = booking is not None and booking.start - now <= d.config.meetings.check_levels[0]
         if on_demand:
@@ -338,7 +339,7 @@ class MeetingPlanner:
         return report
 
     def _save(self, room: Room, report: dict[str, Any]) -> None:
-        folder = Path(self.daemon.config.state_dir) / "checks" / room.id
+        folder = Path(self.site.config.state_dir) / "checks" / room.id
         try:
             private_dir(folder.parent)
             private_dir(folder)
@@ -354,7 +355,7 @@ class MeetingPlanner:
 
     async def prewarm(self, room: Room, b: Booking) -> None:
         done, failed = await self._each(room, lambda p: p.driver.prewarm())
-        self.daemon.room_event(
+        self.site.room_event(
             room.id, {"type": "prewarm", "meeting": b.id, "done": done, "failed": failed}
         )
 
@@ -362,14 +363,14 @@ class MeetingPlanner:
         done, failed = await self._each(room, lambda p: p.driver.shutdown())
         level = logging.WARNING if failed else logging.INFO
         log.log(level, "%s: shutdown after %s: done %s, failed %s", room.id, b.id, done, failed)
-        self.daemon.room_event(
+        self.site.room_event(
             room.id, {"type": "shutdown", "meeting": b.id, "done": done, "failed": failed}
         )
 
     async def _each(self, room: Room, action: Any) -> tuple[list[str], list[str]]:
         done: list[str] = []
         failed: list[str] = []
-        for p in list(self.daemon.room_pollers.get(room.id, {}).values()):
+        for p in list(self.site.room_pollers.get(room.id, {}).values()):
             try:
                 async with asyncio.timeout(30):
                     what = await action(p)
@@ -381,13 +382,13 @@ class MeetingPlanner:
         return done, failed
 
     def _no_show(self, room: Room, b: Booking) -> None:
-        d = self.daemon
+        d = self.site
         pollers = d.room_pollers.get(room.id, {}).values()
         if not any(isinstance(p.driver, CardReaderDriver) for p in pollers):
             return  # no reader: nobody can say whether people came
         if d.store.meeting_cards(b.id):
             return
-        minutes = self.daemon.config.meetings.no_show_after / 60
+        minutes = self.site.config.meetings.no_show_after / 60
         log.warning("%s: no sign-in %g min after the start of %s", room.id, minutes, b.id)
         d.room_event(
             room.id,
@@ -404,7 +405,7 @@ class MeetingPlanner:
     # ---- during the meeting: failover and usage ----------------------------------------------
 
     def on_transitions(self, transitions: list[Transition]) -> None:
-        d = self.daemon
+        d = self.site
         for t in transitions:
             a = t.alert
             if t.kind != "raised" or a.device == ROOM_DEVICE:
@@ -467,7 +468,7 @@ class MeetingPlanner:
     def _announce_failover(
         self, primary: Poller, backup: str, b: Booking, alert_id: str, ok: bool, detail: str
     ) -> None:
-        d = self.daemon
+        d = self.site
         room = primary.room.id
         level = logging.WARNING if ok else logging.ERROR
         log.log(level, "%s: failover %s → %s: %s", room, primary.config.id, backup, detail)
@@ -489,7 +490,7 @@ class MeetingPlanner:
         rows = self.usage.get(b.id)
         if rows is None:
             rows = self.usage[b.id] = {}
-        for p in self.daemon.room_pollers.get(room.id, {}).values():
+        for p in self.site.room_pollers.get(room.id, {}).values():
             row = rows.get(p.config.id)
             if row is None:
                 row = rows[p.config.id] = UsageRow(
@@ -504,8 +505,8 @@ class MeetingPlanner:
         rows = self.usage.pop(b.id, None)
         if not rows:
             return
-        self.daemon.store.record_usage(rows.values())
-        self.daemon.room_event(
+        self.site.store.record_usage(rows.values())
+        self.site.room_event(
             room.id,
             {
                 "type": "usage",

@@ -245,7 +245,10 @@ class ReadBlock:
         self.fields: list[tuple[RegisterSpec, int]] = []
 
     def decode(self, regs: Sequence[int], into: dict[str, Any]) -> None:
-        raw = struct.pack(f">{len(regs)}H", *regs)
+        self.decode_raw(struct.pack(f">{len(regs)}H", *regs), into)
+
+    def decode_raw(self, raw: bytes, into: dict[str, Any]) -> None:
+        """From the registers as they came on the wire (big-endian words)."""
         for spec, offset in self.fields:
             into[spec.metric] = spec.read(raw, offset * 2)
 

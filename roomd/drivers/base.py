@@ -146,6 +146,12 @@ class Driver(ABC):
     async def poll(self) -> Readings:
         """Read the device once. Raise a DeviceError when it cannot."""
 
+    def start_poll(self, done: Callable[[Readings | BaseException], None]) -> bool:
+        """Start a poll without a coroutine, if this driver can right now: the engine's fast
+        path (no task, future or timer per poll). Return False to be polled by `poll()`;
+        once True, call `done` exactly once, on the loop, with the readings or the error."""
+        return False
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release sockets and ports. Called on stop and before a retry after an error."""
 

@@ -203,7 +203,7 @@ async def test_over_capacity_alert_raised_and_cleared(
             assert alert["message"] == "Floor area per person 1.2 m² below 1.5 m²"
             # A new day's meeting starts empty: the rule no longer applies.
             daemon.attendance.cards.clear()
-            daemon._room_readings(daemon.config.rooms[0], "r301-next")
+            daemon.signins.room_readings(daemon.config.rooms[0], "r301-next")
             await rec.wait_for(lambda m: m.topic == topic and m.payload == b"")
     finally:
         reader.unplug()

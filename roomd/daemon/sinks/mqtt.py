@@ -40,7 +40,9 @@ BookingsHandler = Callable[[str, bytes, str | None], None]  # room, payload, pri
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    # orjson's result keeps its ~4 KB working buffer; payloads we keep (latest state of every
+    # device, retained topics) would cost 4 KB each (20 MB at 5,000 devices). A copy: 0.1 µs.
+    return bytes(memoryview(orjson.dumps(obj)))
 
 
 class MqttSink:

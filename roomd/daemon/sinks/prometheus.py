@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 from ..units import SEVERITIES
 
@@ -27,9 +29,6 @@ class Metrics:
         self.site = site
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.device_up = Gauge(
-            "roomd_device_up", "1 when the device answered its last poll", LABELS, registry=r
-        )
         self.alerts_active = Gauge(
             "roomd_alerts_active",
             "Active alerts by incident grade",
@@ -39,13 +38,9 @@ class Metrics:
         self.room_alerts = Gauge(
             "roomd_room_alerts_active", "Active alerts per room", ("site", "room"), registry=r
         )
-        self.poll_duration = Histogram(
-            "roomd_poll_duration_seconds",
-            "Time to poll one device",
-            ("driver",),
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=r,
-        )
+        # Observed on every poll: a bisect and two additions (prometheus_client's Histogram
+        # takes a lock and walks every bucket: ~2 µs a poll); exposed by the collector below.
+        self.poll_duration: dict[str, PollHistogram] = {}
         self.poll_errors = Counter(
             "roomd_poll_errors",
             "Polls that failed (timeout, garbage, refused)",
@@ -84,72 +79,30 @@ class Metrics:
         )
         for sev in SEVERITIES:
             self.alerts_active.labels(site, sev).set(0)
-        self._gauges: dict[str, Gauge] = {}
-        self._children: dict[tuple[str, str, str], Any] = {}
-        self._states: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        # Readings are not copied into per-series objects on every poll (5,000 devices ×
+        # 3 series cost ~25 MB and a few µs a poll): the readings collector reads them when
+        # scraped. Devices come from `devices` (the site's state); `update` keeps the few
+        # readings that are not a device's last poll (room-level readings, inspections).
+        self.devices: Callable[[], Iterable[DeviceSample]] = lambda: ()
+        self._values: dict[tuple[str, str], dict[str, Any]] = {}
         self._poll_children: dict[str, Any] = {}
-
-    def _gauge(self, metric: str, text: bool) -> Gauge:
-        gauge = self._gauges.get(metric)
-        if gauge is None:
-            name = "roomd_" + _NAME.sub("_", metric)
-            labels = (*LABELS, "state") if text else LABELS
-            gauge = Gauge(name, f"roomd reading {metric}", labels, registry=self.registry)
-            self._gauges[metric] = gauge
-        return gauge
+        r.register(_ReadingsCollector(self))
 
     def update(self, room: str, device: str, readings: Mapping[str, Any]) -> None:
-        """Hot path: one cached child lookup and a set per reading."""
-        children = self._children
-        for metric, value in readings.items():
-            if value is None:
-                continue
-            key = (room, device, metric)
-            if isinstance(value, str):
-                self._set_state(key, value)
-                continue
-            child = children.get(key)
-            if child is None:
-                child = children[key] = self._gauge(metric, False).labels(self.site, room, device)
-            child.set(value)
-
-    def _set_state(self, key: tuple[str, str, str], value: str) -> None:
-        # Text states are one-hot gauges: state="on" 1, every other state seen 0.
-        current = self._states.get(key)
-        if current is not None and current[0] == value:
-            return
-        room, device, metric = key
-        gauge = self._gauge(metric, True)
-        seen = current[1] if current else {}
-        for state, child in seen.items():
-            child.set(1 if state == value else 0)
-        if value not in seen:
-            seen[value] = gauge.labels(self.site, room, device, value)
-            seen[value].set(1)
-        self._states[key] = (value, seen)
+        """A reading that is not a device's last poll (room-level ones, inspections)."""
+        values = self._values.get((room, device))
+        if values is None:
+            values = self._values[(room, device)] = {}
+        values.update(readings)
 
     def poll_observer(self, driver: str) -> Callable[[float], None]:
-        child = self._poll_children.get(driver)
-        if child is None:
-            child = self._poll_children[driver] = self.poll_duration.labels(driver)
-        return child.observe
-
-    def set_up(self, room: str, device: str, up: bool) -> None:
-        self.device_up.labels(self.site, room, device).set(1 if up else 0)
-        self.update(room, device, {"online": 1 if up else 0})  # the contract's `online` reading
+        histogram = self.poll_duration.get(driver)
+        if histogram is None:
+            histogram = self.poll_duration[driver] = PollHistogram()
+        return histogram.observe
 
     def forget_device(self, room: str, device: str) -> None:
-        for key in [k for k in self._children if k[0] == room and k[1] == device]:
-            metric = key[2]
-            with contextlib.suppress(KeyError):
-                self._gauges[metric].remove(self.site, room, device)
-            del self._children[key]
-        for key in [k for k in self._states if k[0] == room and k[1] == device]:
-            for state in self._states.pop(key)[1]:
-                with contextlib.suppress(KeyError):
-                    self._gauges[key[2]].remove(self.site, room, device, state)
-        with contextlib.suppress(KeyError):
-            self.device_up.remove(self.site, room, device)
+        self._values.pop((room, device), None)
 
     def count_alerts_at_scrape(self, by_severity: Callable[[], Mapping[str, int]]) -> None:
         """`roomd_alerts_active{severity}` is computed when scraped, not on every alert
@@ -168,6 +121,102 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class PollHistogram:
+    """`roomd_poll_duration_seconds` of one driver kind, cheap enough for every poll."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(POLL_BUCKETS) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(POLL_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip((*POLL_BUCKETS, float("inf")), list(self.counts), strict=True):
+            running += n
+            out.append((floatToGoString(bound), float(running)))
+        return out
+
+
+DeviceSample = tuple[str, str, bool | None, Mapping[str, Any]]  # room, device, online, readings
+
+
+class _ReadingsCollector:
+    """Every reading as a gauge `roomd_<metric>{site,room,device}`; text readings as one-hot
+    `{state}` series (the current state 1, states seen before 0); `roomd_device_up` and the
+    contract's `online` reading from each device's availability. Runs in the scrape thread:
+    it only reads (dicts are replaced, never changed in place, by the event loop)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._names: dict[str, str] = {}
+        self._seen: dict[tuple[str, str, str], set[str]] = {}
+
+    def describe(self) -> list[Any]:
+        return []  # dynamic: nothing to check for clashes at registration
+
+    def _name(self, metric: str) -> str:
+        name = self._names.get(metric)
+        if name is None:
+            name = self._names[metric] = "roomd_" + _NAME.sub("_", metric)
+        return name
+
+    def collect(self) -> Iterable[Any]:
+        site = self.metrics.site
+        gauges: dict[str, GaugeMetricFamily] = {}
+        states: dict[str, GaugeMetricFamily] = {}
+        up = GaugeMetricFamily(
+            "roomd_device_up", "1 when the device answered its last poll", labels=LABELS
+        )
+
+        def add(room: str, device: str, metric: str, value: Any) -> None:
+            if value is None:
+                return
+            if isinstance(value, str):
+                family = states.get(metric)
+                if family is None:
+                    family = states[metric] = GaugeMetricFamily(
+                        self._name(metric), f"roomd reading {metric}", labels=(*LABELS, "state")
+                    )
+                seen = self._seen.setdefault((room, device, metric), set())
+                seen.add(value)
+                for state in seen:
+                    family.add_metric((site, room, device, state), 1.0 if state == value else 0.0)
+                return
+            family = gauges.get(metric)
+            if family is None:
+                family = gauges[metric] = GaugeMetricFamily(
+                    self._name(metric), f"roomd reading {metric}", labels=LABELS
+                )
+            family.add_metric((site, room, device), float(value))
+
+        for room, device, online, readings in list(self.metrics.devices()):
+            if online is not None:
+                up.add_metric((site, room, device), 1.0 if online else 0.0)
+                add(room, device, "online", 1 if online else 0)
+            for metric, value in list(readings.items()):
+                add(room, device, metric, value)
+        for (room, device), values in list(self.metrics._values.items()):
+            for metric, value in list(values.items()):
+                add(room, device, metric, value)
+        yield up
+        polls = HistogramMetricFamily(
+            "roomd_poll_duration_seconds", "Time to poll one device", labels=("driver",)
+        )
+        for driver, histogram in list(self.metrics.poll_duration.items()):
+            polls.add_metric((driver,), histogram.buckets(), histogram.sum)
+        yield polls
+        yield from gauges.values()
+        yield from states.values()
 
 
 class HttpServer:

@@ -1,0 +1,265 @@
+"""The site's state, and a reading's way through it: readings → rules → alert state → sinks.
+
+`Site` holds what the daemon knows (rooms, each device's last readings and availability, the
+alert book) and is the one place a reading turns into alert transitions, retained state and
+metrics. The poll engine hands it readings and failures; services (meetings, checks, sign-ins,
+commands) read it and add room-level readings and events through it, and listen to its
+transitions. It knows nothing of how devices are polled or how services decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..drivers.base import DeviceConfig, Driver, Readings
+from .alerts import AlertBook
+from .clock import Clock, iso
+from .config import ROOM_DEVICE, Room, SiteConfig
+from .model import Transition
+from .sinks.mqtt import MqttSink
+from .sinks.mqtt import dumps as _dumps
+from .sinks.prometheus import Metrics
+from .store import Pending, Store
+
+if TYPE_CHECKING:
+    from .engine import Polled
+
+log = logging.getLogger("roomd")
+
+STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this often
+
+
+@dataclass(eq=False)
+class Poller:
+    """One device: its config and driver, and what the site knows of it."""
+
+    room: Room
+    config: DeviceConfig
+    driver: Driver
+    online: bool | None = None
+    readings: Readings = field(default_factory=dict)
+    published: tuple[bool | None, Readings] | None = None
+    error: str = ""
+    deadbands: dict[str, float] = field(default_factory=dict)
+    published_at: float = 0.0
+    failures: int = 0
+    polls: int = 0
+    parked: bool = False  # stopped after an authentication failure, until a reload
+    polled: Polled | None = None  # the engine's handle
+    observe: Callable[[float], None] = field(default=lambda seconds: None, repr=False)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.room.id, self.config.id)
+
+
+class Site:
+    def __init__(
+        self,
+        config: SiteConfig,
+        clock: Clock,
+        store: Store,
+        book: AlertBook,
+        metrics: Metrics,
+        mqtt: MqttSink,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = store
+        self.book = book
+        self.metrics = metrics
+        self.mqtt = mqtt
+        self.pollers: dict[tuple[str, str], Poller] = {}
+        self.room_pollers: dict[str, dict[str, Poller]] = {}
+        self.attendees: dict[str, int] = {}
+        self.sealed_rooms: set[str] = set()
+        self._room_published: dict[str, dict[str, Any]] = {}
+        # Services that react to alert transitions (meetings: failover, no-show...).
+        self.transition_listeners: list[Callable[[list[Transition]], None]] = []
+        # Prometheus reads each device's readings when scraped (nothing copied per poll).
+        metrics.devices = lambda: [
+            (p.room.id, p.config.id, p.online, p.readings) for p in list(self.pollers.values())
+        ]
+
+    def owns_room(self, room_id: str) -> bool:
+        return room_id in self.room_pollers or self.config.room(room_id) is not None
+
+    def readings(self, p: Poller, readings: Readings) -> None:
+        room_id, dev_id = p.room.id, p.config.id
+        p.polls += 1
+        if p.online is not True:
+            if p.online is False:
+                log.info("%s/%s back online after %d failed polls", room_id, dev_id, p.failures)
+            p.online, p.failures, p.error = True, 0, ""
+            self.emit(self.book.observe(room_id, dev_id, {"online": 1}))
+        changed = readings != p.readings
+        p.readings = readings
+        transitions = self.book.observe(room_id, dev_id, readings)
+        if transitions:
+            self.emit(transitions)
+        if (
+            p.published is None
+            or p.published[0] is not True
+            or (changed and self._moved(p, readings))
+            or self.clock.monotonic() - p.published_at > STATE_HEARTBEAT
+        ):
+            self.publish_device(p)
+
+    @staticmethod
+    def _moved(p: Poller, readings: Readings) -> bool:
+        """Has any reading moved past its deadband since the last published state?"""
+        assert p.published is not None
+        last = p.published[1]
+        if last.keys() != readings.keys():
+            return True
+        deadbands = p.deadbands
+        for metric, value in readings.items():
+            before = last[metric]
+            if value == before:
+                continue
+            band = deadbands.get(metric)
+            if (
+                band is None
+                or not isinstance(value, float | int)
+                or not isinstance(before, float | int)
+                or isinstance(value, bool)
+                or abs(value - before) >= band
+            ):
+                return True
+        return False
+
+    def pushed(self, p: Poller, partial: Readings) -> None:
+        """Readings that arrived between polls (a command's effect, a notification)."""
+        if p.online:
+            self.readings(p, {**p.readings, **partial})
+
+    def failed(self, p: Poller, error: str) -> None:
+        room_id, dev_id = p.room.id, p.config.id
+        p.failures += 1
+        p.error = error
+        if p.online is not False:
+            log.warning("%s/%s offline: %s", room_id, dev_id, error)
+            p.online = False
+        self.metrics.poll_errors.labels(p.driver.kind).inc()
+        transitions = self.book.observe(room_id, dev_id, {"online": 0}, detail=error)
+        if transitions:
+            self.emit(transitions)
+        if p.published is None or p.published[0] is not False:
+            self.publish_device(p)
+
+    def publish_device(self, p: Poller) -> None:
+        p.published = (p.online, dict(p.readings))
+        p.published_at = self.clock.monotonic()
+        payload: dict[str, Any] = {
+            "online": bool(p.online),
+            "readings": p.readings,
+            "ts": iso(self.clock.time()),
+        }
+        if not p.online and p.error:
+            payload["error"] = p.error
+        if p.driver.info:
+            payload["info"] = p.driver.info
+        self.mqtt.publish_state(f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state", payload)
+        self.publish_room(p.room.id)
+
+    def room_summary(self, room_id: str) -> dict[str, Any]:
+        devices: dict[str, str] = {}
+        for did, p in self.room_pollers.get(room_id, {}).items():
+            rid = room_id
+            if not p.online:
+                devices[did] = "offline"
+            elif self.book.device_has_alerts(rid, did):
+                devices[did] = "degraded"
+            else:
+                devices[did] = "online"
+        active = self.book.room_count(room_id)
+        ok = active == 0 and all(s == "online" for s in devices.values())
+        summary: dict[str, Any] = {"ok": ok, "active_alerts": active, "devices": devices}
+        if room_id in self.attendees:
+            summary["attendees"] = self.attendees[room_id]
+        return summary
+
+    def publish_room(self, room_id: str) -> None:
+        pollers = self.room_pollers.get(room_id, {})
+        if any(p.online is None for p in pollers.values()):
+            return  # not every device has reported yet: "offline" would be a guess
+        summary = self.room_summary(room_id)
+        if self._room_published.get(room_id) == summary:
+            return
+        self._room_published[room_id] = summary
+        self.mqtt.publish_state(
+            f"{self.mqtt.base}/{room_id}/state", {**summary, "ts": iso(self.clock.time())}
+        )
+
+    def emit(self, transitions: list[Transition], extra: list[Pending] | None = None) -> None:
+        """Persist transitions with their MQTT messages in one transaction, then publish."""
+        if not transitions and not extra:
+            return
+        messages = self.mqtt.messages_for(transitions) + (extra or [])
+        self.store.commit(transitions, messages)
+        self.mqtt.kick()
+        rooms = set()
+        for t in transitions:
+            a = t.alert
+            rooms.add(a.room)
+            if t.kind == "raised":
+                log.warning("alert %s [%s] %s", a.id, a.severity, a.message)
+            else:
+                log.info("alert %s %s%s", a.id, t.kind, f" ({t.reason})" if t.reason else "")
+        if transitions:
+            self.metrics.set_room_alerts({r: self.book.room_count(r) for r in rooms})
+            for room in rooms:
+                self.publish_room(room)
+            for listener in self.transition_listeners:
+                listener(transitions)
+
+    def room_reading(self, room_id: str, readings: Readings, detail: str = "") -> None:
+        """A reading about the room itself (device `_room`): rules, metrics."""
+        transitions = self.book.observe(room_id, ROOM_DEVICE, readings, detail=detail)
+        if transitions:
+            self.emit(transitions)
+        self.metrics.update(room_id, ROOM_DEVICE, readings)
+
+    def room_event(self, room_id: str, event: dict[str, Any]) -> None:
+        self.emit([], [self.mqtt.event(room_id, event)])
+
+    def note_alert(self, alert_id: str, extra: dict[str, Any]) -> None:
+        """Add facts to an active alert (e.g. the failover it caused) and re-announce it."""
+        alert = self.book.active.get(alert_id)
+        if alert is None:
+            return
+        alert.extra.update(extra)
+        alert.ts = iso(self.clock.time())
+        self.emit([Transition("updated", alert)])
+
+    def publish_check(self, room: Room, report: dict[str, Any], pages: bool = True) -> None:
+        """A check report: stored with its messages (retained checks/latest, events), the
+        metric, and the "room not ready" alert (II at levels 0–2, I at level 3) when `pages`."""
+        base = f"{self.mqtt.base}/{room.id}"
+        latest = (f"{base}/checks/latest", _dumps(report), True, 1)
+        event = self.mqtt.event(room.id, {"type": "check", **report})
+        self.store.record_check(report, [latest, event])
+        self.mqtt.kick()
+        level = str(report["level"])
+        self.metrics.check_passed.labels(self.config.site, room.id, level).set(
+            1 if report["passed"] else 0
+        )
+        if report["passed"]:
+            self.room_reading(room.id, {"room_ready": "ready"})
+        elif pages:
+            value = "not_ready_final" if report["level"] >= 3 else "not_ready"
+            failed = ", ".join(report["failed"][:6])
+            more = f" and {len(report['failed']) - 6} more" if len(report["failed"]) > 6 else ""
+            detail = f"{report['level_name']} check failed: {failed}{more}"
+            self.room_reading(room.id, {"room_ready": value}, detail)
+        log.log(
+            logging.INFO if report["passed"] else logging.WARNING,
+            "%s: %s check %s%s",
+            room.id,
+            report["level_name"],
+            "passed" if report["passed"] else "FAILED: ",
+            "" if report["passed"] else "; ".join(report["failed"]),
+        )
