@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -89,6 +90,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem:
         print(f"{cfg.path}: {problem}", file=sys.stderr)
         return 2
+    from .daemon.shards import ShardError, for_shard, parse_shard
+
+    try:
+        if args.listen:
+            cfg = dataclasses.replace(cfg, http=cfg.http.model_copy(update={"listen": args.listen}))
+        if args.workers > 1 and args.shard:
+            raise ShardError("--workers and --shard: one or the other")
+        if not 1 <= args.workers <= 64:
+            raise ShardError("--workers: 1 to 64")
+        if args.shard:
+            cfg = for_shard(cfg, *parse_shard(args.shard))
+        elif args.workers > 1:
+            for i in range(1, args.workers + 1):
+                for_shard(cfg, i, args.workers)  # the shard map fits, before anything starts
+            return run_event_loop(_run_workers(cfg, args.workers, args.log_level)) or 0
+    except (ShardError, ValueError) as exc:
+        print(f"roomd run: {exc}", file=sys.stderr)
+        return 2
     try:
         run_event_loop(_run_daemon(cfg))
     except OSError as exc:
@@ -106,6 +125,17 @@ async def _run_daemon(cfg: SiteConfig) -> None:
     loop.add_signal_handler(signal.SIGINT, daemon.stop)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     await daemon.run()
+
+
+async def _run_workers(cfg: SiteConfig, count: int, log_level: str) -> None:
+    from .daemon.workers import WorkerPool
+
+    pool = WorkerPool(cfg, count, log_level)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, pool.stop)
+    loop.add_signal_handler(signal.SIGINT, pool.stop)
+    loop.add_signal_handler(signal.SIGHUP, pool.reload)
+    await pool.run()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -499,6 +529,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads the config)")
     _config_arg(p)
+    p.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="poll only shard I of N of the site's rooms (instances on several machines)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the site as N worker processes, one shard each (past one core)",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics here instead")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

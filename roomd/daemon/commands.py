@@ -133,6 +133,15 @@ class CommandService:
         self, topic: str, cmd_id: Any, name: str, args: dict[str, Any], who: Principal
     ) -> None:
         result: dict[str, Any] = {"id": cmd_id}
+        # A sharded site: every shard hears `_daemon/cmd`; the shard owning the room answers
+        # for an alert or a room, every shard for reload and status (with its shard number).
+        room_arg = str(args.get("alert", "")).split(".", 1)[0] if name == "ack" else None
+        if name == "check":
+            room_arg = str(args.get("room"))
+        if room_arg is not None and not self.site.answers_for(room_arg):
+            return
+        if self.config.shard is not None:
+            result["shard"] = f"{self.config.shard[0]}/{self.config.shard[1]}"
         if name == "ack":
             alert_id = args.get("alert")
             # `by` is who the broker or a signature says sent it; a name in args is only a

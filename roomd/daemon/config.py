@@ -10,7 +10,7 @@ import difflib
 import fnmatch
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -219,6 +219,9 @@ class _SiteModel(_Strict):
     # Who may command which room and device, and push bookings (daemon/authz.py). Absent: any
     # broker client that can publish to the command topics is obeyed (a warning at start).
     authorization: AuthorizationConfig | None = None
+    # Sharded sites (`roomd run --shard i/n` or `--workers n`): rooms pinned to a shard
+    # (room id → shard number, 1-based); every other room goes by a stable hash of its id.
+    shard_map: dict[str, int] = {}
     rooms: list[RoomConfig] = Field(min_length=1)
 
 
@@ -256,6 +259,8 @@ class SiteConfig:
     meetings: MeetingsConfig
     rooms: tuple[Room, ...]
     authorization: AuthorizationConfig | None = None
+    shard_map: dict[str, int] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None  # (i, n): this instance polls shard i of n
 
     def room(self, room_id: str) -> Room | None:
         return next((r for r in self.rooms if r.id == room_id), None)
@@ -501,6 +506,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         meetings=site.meetings,
         rooms=tuple(rooms),
         authorization=site.authorization,
+        shard_map=dict(site.shard_map),
     )
 
 

@@ -19,6 +19,7 @@ from .alerts import AlertBook
 from .clock import Clock, iso
 from .config import ROOM_DEVICE, Room, SiteConfig
 from .model import Transition
+from .shards import shard_of
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
 from .sinks.prometheus import Metrics
@@ -86,6 +87,14 @@ class Site:
 
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None
+
+    def answers_for(self, room_id: str) -> bool:
+        """Whether this instance answers for a room (one of a sharded site's shards does,
+        whether or not the room exists)."""
+        shard = self.config.shard
+        if shard is None:
+            return True
+        return shard_of(room_id, shard[1], self.config.shard_map) == shard[0]
 
     def readings(self, p: Poller, readings: Readings) -> None:
         room_id, dev_id = p.room.id, p.config.id

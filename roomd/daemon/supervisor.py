@@ -40,6 +40,7 @@ from .inbound import LogLimiter
 from .instances import Instances
 from .meetings import MeetingPlanner
 from .model import Transition
+from .shards import shard_label
 from .signins import SigninService
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
@@ -60,7 +61,7 @@ class Daemon:
         self.store = Store(config.state_dir)
         self.book = AlertBook(self.clock, self.store.active_alerts())
         self.metrics = Metrics(config.site)
-        self.mqtt = MqttSink(config.mqtt, config.site, self.store, self.clock)
+        self.mqtt = MqttSink(config.mqtt, config.site, self.store, self.clock, shard=config.shard)
         self.http = HttpServer(config.http.host, config.http.port, self.metrics, self.health)
         self.context = DriverContext()
         self.site = Site(config, self.clock, self.store, self.book, self.metrics, self.mqtt)
@@ -409,7 +410,13 @@ class Daemon:
                 for p in self.pollers.values()
             ]
             current = discovery_configs(
-                ha.prefix, self.mqtt.base, self.config.site, rooms, devices, ha.login
+                ha.prefix,
+                self.mqtt.base,
+                self.config.site,
+                rooms,
+                devices,
+                ha.login,
+                self.mqtt.availability_topic,
             )
         for topic, payload in current.items():
             self.mqtt.publish_state(topic, payload)
@@ -451,6 +458,7 @@ class Daemon:
             "status": "stopping" if self._stopping.is_set() else "ok",
             "site": self.config.site,
             "instance": self.instances.id,
+            "shard": shard_label(self.config.shard),
             "mqtt_connected": self.mqtt.connected.is_set(),
             "outbox": self.store.outbox_depth,
             "devices": len(self.pollers),

@@ -64,12 +64,13 @@ def discovery_configs(
     rooms: dict[str, str],
     devices: list[DeviceInfo],
     login: str | None = None,
+    availability_topic: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """topic → config payload, for everything the site config has now. With `login` (Home
     Assistant's broker user), commands go to `.../cmd/by/{login}`, which roomd's authorization
     can tell apart from anyone else's."""
     availability = {
-        "topic": f"{base}/_daemon/availability",
+        "topic": availability_topic or f"{base}/_daemon/availability",
         "payload_available": "online",
         "payload_not_available": "offline",
     }

@@ -56,13 +56,17 @@ class MqttSink:
         store: Store,
         clock: Clock,
         on_command: CommandHandler | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.base = f"{cfg.topic_prefix}/{site}"
         self.store = store
         self.clock = clock
         self.on_command = on_command
-        self.availability_topic = f"{self.base}/_daemon/availability"
+        # A shard of a sharded site has its own (its will must not mark the others offline).
+        self.availability_topic = f"{self.base}/_daemon/availability" + (
+            f"/shard-{shard[0]}-of-{shard[1]}" if shard else ""
+        )
         self.connected = asyncio.Event()
         self._wake = asyncio.Event()
         self._conn: Connection | None = None
@@ -89,7 +93,9 @@ class MqttSink:
         self.on_rejected: Callable[[str], None] | None = None
         self._closing = False
         self._client_id = (
-            cfg.client_id or f"roomd-{self.base.replace('/', '-')}-{random.getrandbits(24):06x}"
+            (cfg.client_id + (f"-{shard[0]}of{shard[1]}" if shard else ""))
+            if cfg.client_id
+            else f"roomd-{self.base.replace('/', '-')}-{random.getrandbits(24):06x}"
         )
 
     # ---- topics and payloads -------------------------------------------------------------
