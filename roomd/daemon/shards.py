@@ -1,19 +1,20 @@
 """Past one process and one machine: instances that own disjoint sets of rooms.
 
 A site's rooms are split into n shards: a room pinned in the config's `shard_map` goes to its
-shard; every other room by a stable hash of its id (BLAKE2b, the same on every machine and
-Python; CRC-32's low bits split r0001, r0002... badly). `roomd run --shard i/n` polls shard i only, with its own instance id, state folder
-(`state_dir/shard-i-of-n`: its own store and outbox), MQTT client and availability topic;
-`roomd run --workers n` runs the n shards as worker processes of one service (workers.py).
-A room is never polled by two instances that agree on n; instances that disagree are caught by
-the instance announcements (`instance_conflict`).
+shard; every other room by a stable hash of its id (BLAKE2b: the same on every machine and
+Python; CRC-32's low bits split r0001, r0002... badly). `roomd run --shard i/n` polls shard i
+only, with its own instance id, state folder (`state_dir/shard-i-of-n`: its own store and
+outbox), MQTT client and availability topic; `roomd run --workers n` runs the n shards as
+worker processes of one service (workers.py). A room is never polled by two instances that
+agree on n; instances that disagree are caught by the instance announcements
+(`instance_conflict`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 import hashlib
+import re
 from collections.abc import Mapping
 
 from .config import SiteConfig

@@ -51,6 +51,7 @@ class Poller:
     parked: bool = False  # stopped after an authentication failure, until a reload
     polled: Polled | None = None  # the engine's handle
     observe: Callable[[float], None] = field(default=lambda seconds: None, repr=False)
+    state_topic: str = ""  # built on first publish
 
     @property
     def key(self) -> tuple[str, str]:
@@ -160,6 +161,9 @@ class Site:
             self.publish_device(p)
 
     def publish_device(self, p: Poller) -> None:
+        # The room's summary depends on its devices' availability, not their readings: it is
+        # looked at again when that changed (alert transitions and sign-ins do it themselves).
+        availability_changed = p.published is None or p.published[0] != p.online
         p.published = (p.online, dict(p.readings))
         p.published_at = self.clock.monotonic()
         payload: dict[str, Any] = {
@@ -171,8 +175,11 @@ class Site:
             payload["error"] = p.error
         if p.driver.info:
             payload["info"] = p.driver.info
-        self.mqtt.publish_state(f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state", payload)
-        self.publish_room(p.room.id)
+        if not p.state_topic:
+            p.state_topic = f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state"
+        self.mqtt.publish_state(p.state_topic, payload)
+        if availability_changed:
+            self.publish_room(p.room.id)
 
     def room_summary(self, room_id: str) -> dict[str, Any]:
         devices: dict[str, str] = {}
