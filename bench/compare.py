@@ -163,6 +163,9 @@ def roomd_config(work: Path, ports: list[int], mqtt_port: int, http_port: int, a
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}"},
         "http": {"listen": f"127.0.0.1:{http_port}"},
         "state_dir": str(work / "state"),
+        # Exactly 1 s between polls (the default ±5 % would stretch some intervals to 1.05 s
+        # and hide roomd's own alert latency in the p99); the first polls are still spread.
+        "poll_jitter": 0,
         "rooms": rooms,
     }
     path = work / "roomd.yaml"
