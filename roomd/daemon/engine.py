@@ -70,6 +70,7 @@ class PollEngine:
         self._timer_at = float("inf")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
         self.devices = 0
 
     # ---- membership -------------------------------------------------------------------------
@@ -93,6 +94,8 @@ class PollEngine:
             p.task.cancel()
 
     async def close(self) -> None:
+        # From here on, replies still in flight are dropped and nothing is scheduled again.
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         self._heap.clear()
@@ -105,6 +108,8 @@ class PollEngine:
     # ---- scheduling -------------------------------------------------------------------------
 
     def _schedule(self, p: Polled, at: float) -> None:
+        if self._closed:
+            return
         p.next_at = at
         self._seq += 1
         heapq.heappush(self._heap, (at, self._seq, p))
@@ -174,7 +179,7 @@ class PollEngine:
     def _finished(self, p: Polled, result: Any) -> None:
         """A poll ended: readings (a dict) or the exception that ended it."""
         p.running = False
-        if p.stopped:
+        if p.stopped or self._closed:
             return
         assert self._loop is not None
         if isinstance(result, dict):
