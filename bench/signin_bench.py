@@ -124,6 +124,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}"},
             "http": {"listen": f"127.0.0.1:{http_port}"},
             "state_dir": str(work / "state"),
+            # The harness matches events to taps by name: names on MQTT are an opt-in.
+            "signins": {"publish_names": True},
             "rooms": rooms,
         }
         (work / "roomd.yaml").write_text(yaml.safe_dump(cfg))

@@ -49,6 +49,7 @@ class Polled:
     running: bool = False  # a poll is in flight
     stopped: bool = False
     parked: bool = False  # after an authentication failure, until a reload
+    paced: bool = False  # the driver sets its own next interval (Driver.next_interval)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     done: Callable[[Any], None] | None = field(default=None, repr=False)
 
@@ -80,6 +81,7 @@ class PollEngine:
         5,000 devices do not fire at once."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
         p = Polled(config, driver, owner)
+        p.paced = type(driver).next_interval is not Driver.next_interval
         p.done = lambda result: self._finished(p, result)
         self.devices += 1
         self._schedule(p, loop.time() + random.uniform(0, config.poll))
@@ -187,7 +189,7 @@ class PollEngine:
             self.on_readings(p.owner, result, time.perf_counter() - p.started)
             poll = p.config.poll
             jitter = self.jitter
-            step = p.driver.next_interval(poll)
+            step = p.driver.next_interval(poll) if p.paced else poll
             if jitter:
                 step *= 1 + random.uniform(-jitter, jitter)
             at = p.next_at + step

@@ -164,7 +164,7 @@ class Site:
         # The room's summary depends on its devices' availability, not their readings: it is
         # looked at again when that changed (alert transitions and sign-ins do it themselves).
         availability_changed = p.published is None or p.published[0] != p.online
-        p.published = (p.online, dict(p.readings))
+        p.published = (p.online, p.readings)  # readings dicts are replaced, never changed
         p.published_at = self.clock.monotonic()
         payload: dict[str, Any] = {
             "online": bool(p.online),

@@ -174,6 +174,41 @@ def _registers(pdu: bytes, block: ReadBlock) -> bytes:
     return pdu[2:]
 
 
+class _DeadlineSweep:
+    """Timeouts of fast-path requests: one timer every SWEEP seconds for every link that has a
+    request waiting, instead of a timer per request (replies on a LAN take a millisecond; a
+    timeout may fire up to SWEEP late)."""
+
+    SWEEP = 0.05
+
+    def __init__(self) -> None:
+        self.links: set[_TcpLink] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def now(self) -> float:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            loop = self.loop = asyncio.get_running_loop()
+        return loop.time()
+
+    def watch(self, link: _TcpLink) -> None:
+        self.links.add(link)
+        loop = asyncio.get_running_loop()
+        if self.timer is None or self.loop is not loop:
+            self.loop = loop
+            self.timer = loop.call_later(self.SWEEP, self._tick)
+
+    def _tick(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        self.links = {link for link in self.links if link.sweep(now)}
+        self.timer = self.loop.call_later(self.SWEEP, self._tick) if self.links else None
+
+
+_SWEEP = _DeadlineSweep()
+
+
 class _TcpLink(asyncio.Protocol):
     """One Modbus TCP connection; requests matched to replies by transaction id."""
 
@@ -184,6 +219,7 @@ class _TcpLink(asyncio.Protocol):
         # transaction id → the future of a `request`, or the callback of a `send_fast`
         self.pending: dict[int, asyncio.Future[ModbusPDU] | _Callback] = {}
         self.units: dict[int, int] = {}  # transaction id → the unit it was sent to
+        self.deadlines: dict[int, tuple[float, float]] = {}  # fast requests: (deadline, timeout)
         self.next_tid = 0
         self.last_reply = 0.0  # loop time of the last frame received
 
@@ -248,6 +284,7 @@ class _TcpLink(asyncio.Protocol):
                 )
                 continue
             if not isinstance(fut, asyncio.Future):
+                self.deadlines.pop(tid, None)
                 fut(pdu_bytes)  # the fast path decodes its own reply
                 continue
             if fut.done():
@@ -279,20 +316,27 @@ class _TcpLink(asyncio.Protocol):
     def send_fast(
         self, fc: int, address: int, count: int, unit: int, timeout: float, on_reply: _Callback
     ) -> None:
-        """A read request without a future: `on_reply` gets the reply's PDU bytes or an error,
-        exactly once, on the loop."""
+        """A read request without a future or timer of its own: `on_reply` gets the reply's PDU
+        bytes or an error, exactly once, on the loop. Its deadline is kept by the sweep."""
         assert self.transport is not None
         self.next_tid = tid = (self.next_tid + 1) & 0xFFFF or 1
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(timeout, self._expire, tid, timeout)
-
-        def reply(result: bytes | BaseException) -> None:
-            timer.cancel()
-            on_reply(result)
-
-        self.pending[tid] = reply
+        self.pending[tid] = on_reply
         self.units[tid] = unit
+        if not self.deadlines:
+            _SWEEP.watch(self)
+        self.deadlines[tid] = (_SWEEP.now() + timeout, timeout)
         self.transport.write(_READ_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
+
+    def sweep(self, now: float) -> bool:
+        """Expire fast requests past their deadline; True while any is still waiting."""
+        deadlines = self.deadlines
+        for tid, (deadline, timeout) in list(deadlines.items()):
+            if tid not in self.pending:
+                del deadlines[tid]  # answered (or failed) meanwhile
+            elif deadline <= now:
+                del deadlines[tid]
+                self._expire(tid, timeout)
+        return bool(deadlines)
 
     def _expire(self, tid: int, timeout: float) -> None:
         self.units.pop(tid, None)
