@@ -174,7 +174,7 @@ def main() -> int:
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="roomd-bench-"))
-    mqtt_port, http_port, control_port = free_port(), free_port(), free_port()
+    mqtt_port, control_port = free_port(), free_port()
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     (work / "mosquitto.conf").write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\n")
     procs: list[subprocess.Popen[bytes]] = []
@@ -206,6 +206,7 @@ def main() -> int:
         while not ports_file.exists() and time.time() < deadline:
             time.sleep(0.1)
         ports = json.loads(ports_file.read_text())
+        http_port = free_port()  # after the simulators took their ports
         per_room = 10
         thresholds: dict[str, Any] = {"co2_ppm": {"hold": "0s"}}
         if args.no_deadband:

@@ -49,7 +49,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from paho.mqtt.enums import CallbackAPIVersion
 
     work = Path(tempfile.mkdtemp(prefix="roomd-signin-bench-"))
-    mqtt_port, http_port = free_port(), free_port()
+    mqtt_port = free_port()
     mosq = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     procs: list[subprocess.Popen[bytes]] = []
     readers = [
@@ -82,6 +82,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             while not ports_file.exists():
                 await asyncio.sleep(0.1)
             ports = json.loads(ports_file.read_text())
+        http_port = free_port()  # after the simulators took their thousands of ports
         people = [card_uid(n) for n in range(args.people)]
         roster = work / "roster.csv"
         roster.write_text("uid,name\n" + "".join(f"{u},P{n}\n" for n, u in enumerate(people)))
@@ -98,6 +99,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             "driver": "nfc-serial",
                             "port": reader.path,
                             "framing": reader.framing,
+                            # The simulator prints hex; "auto" would read an all-digit
+                            # 10-character UID (1 in ~90 here) as an EM4100 decimal number.
+                            **({"format": "hex"} if reader.framing == "line" else {}),
                             "poll": "2s",
                         }
                     ],

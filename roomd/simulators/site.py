@@ -325,6 +325,9 @@ class SimulatedSite:
                         "driver": "nfc-serial",
                         "port": room.reader.path,
                         "framing": room.reader.framing,
+                        # The simulated line reader prints hex: "auto" would take an
+                        # all-digit 10-character UID for an EM4100 decimal number.
+                        **({"format": "hex"} if room.reader.framing == "line" else {}),
                         "poll": "2s",
                     }
                 )
