@@ -2,7 +2,8 @@
 """Benchmark: sign-in latency under a burst while the daemon polls other devices.
 
 10 readers (pseudo-terminals owned by this harness), 500 people tapping over 3 minutes, while
-`roomd run` also polls 1000 Modbus TCP sensors at 1 s (simulated in a separate process).
+`roomd run` also polls 1000 Modbus TCP sensors at 1 s (bench/modbus_farm.py, a separate
+process: the comparison job's sensors, two registers each, noisy values).
 Reported: roomd's own latency (last frame byte → record durable and event handed to MQTT, as
 carried in each event's `latency_ms`) and the end-to-end latency (tap written to the pty →
 event received by an MQTT subscriber), p50/p99, plus the daemon's CPU.
@@ -69,8 +70,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 subprocess.Popen(
                     [
                         sys.executable,
-                        str(ROOT / "bench" / "poll_bench.py"),
-                        "--serve",
+                        str(ROOT / "bench" / "modbus_farm.py"),
+                        "--devices",
                         str(args.devices),
                         "--ports-file",
                         str(ports_file),
@@ -115,7 +116,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         {
                             "id": f"env{j}",
                             "driver": "modbus",
-                            "model": "generic-iaq",
+                            "model": str(ROOT / "bench" / "models" / "co2-2reg.yaml"),
                             "host": f"127.0.0.1:{p}",
                             "poll": "1s",
                         }

@@ -194,8 +194,11 @@ class PollEngine:
                 step *= 1 + random.uniform(-jitter, jitter)
             at = p.next_at + step
             now = self._loop.time()
-            if at < now:  # we fell behind (slow device): do not try to catch up
-                at = now
+            if at < now:
+                # Behind (a slow device, a busy moment): skip the missed polls but keep this
+                # device's phase. "Now" for every late device would bunch them into one tick
+                # for good, and each later tick would stall the loop longer.
+                at += math.ceil((now - at) / step) * step
             self._schedule(p, at)
             return
         p.failures += 1

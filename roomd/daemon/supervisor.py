@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import resource
@@ -162,9 +163,12 @@ class Daemon:
                 self._tasks = tg
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
                 tg.create_task(self._housekeeping_loop(), name="housekeeping")
+                tg.create_task(self._lag_loop(), name="loop-lag")
                 self._apply(cfg, first=True)
                 tg.create_task(self.meetings.run(), name="meetings")
                 self._publish_discovery()
+                quiet_collector()
+                tg.create_task(self._collector_loop(), name="gc")
                 self.ready.set()
                 self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
                 tg.create_task(self._systemd_loop(), name="systemd-watchdog")
@@ -360,6 +364,32 @@ class Daemon:
             log.info("file descriptors back to %d of %d", used, soft)
         self._fd_warned = near
 
+    async def _lag_loop(self) -> None:
+        """How late a 100 ms sleep wakes: the longest of the last 10 s, as a gauge."""
+        window: list[float] = []
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(0.1)
+            window.append(max(0.0, loop.time() - before - 0.1))
+            if len(window) >= 100:
+                self.metrics.loop_lag.set(max(window))
+                window.clear()
+
+    async def _collector_loop(self) -> None:
+        """Once every device has polled (its links and buffers exist), move them out of the
+        collector's sight too; then hourly, a full collection of everything (one pause,
+        shown by roomd_event_loop_lag_seconds) so no cycle among long-lived objects stays."""
+        longest = max((p.config.poll + p.config.timeout for p in self.pollers.values()), default=0)
+        await asyncio.sleep(min(60.0, 2 * longest + 1))
+        quiet_collector()
+        while True:
+            await asyncio.sleep(3600)
+            started = time.perf_counter()
+            gc.unfreeze()
+            quiet_collector()
+            log.debug("full garbage collection: %.0f ms", 1000 * (time.perf_counter() - started))
+
     async def _housekeeping_loop(self) -> None:
         hourly = 0.0
         while True:
@@ -490,6 +520,17 @@ class Daemon:
 
 class _Stop(Exception):
     pass
+
+
+def quiet_collector() -> None:
+    """Collect, then freeze what is left: config, drivers, rules and links live as long as the
+    daemon; out of the cyclic collector's sight they cost nothing at each full collection,
+    which at 5,000 devices walked ~1 M objects and stopped the loop for 30-100 ms about once a
+    second. Full collections (now of what was made since) run 10× less often."""
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 100)
 
 
 def open_descriptors() -> int | None:

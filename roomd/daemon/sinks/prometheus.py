@@ -65,6 +65,12 @@ class Metrics:
         self.mqtt_connected = Gauge(
             "roomd_mqtt_connected", "1 while connected to the MQTT broker", registry=r
         )
+        self.loop_lag = Gauge(
+            "roomd_event_loop_lag_seconds",
+            "Longest delay of the event loop in the last 10 s (polls, sign-ins and commands "
+            "all wait this long)",
+            registry=r,
+        )
         self.commands_refused = Counter(
             "roomd_commands_refused",
             "Commands and bookings not obeyed: malformed, unauthorised, bad signature, replayed",
