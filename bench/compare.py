@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+from bench.poll_bench import AlertWatch  # noqa: E402
+
 NODE_RED_DIR = Path(os.environ.get("ROOMD_NODE_RED_DIR", "/work/peers/nodered"))
 
 
@@ -100,42 +103,6 @@ class FarmControl:
 
     def count(self) -> int:
         return int(self.ask("count"))
-
-
-class AlertWatch:
-    """Times retained alert messages (raised: non-empty payload; cleared: empty)."""
-
-    def __init__(self, port: int, pattern: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.events: dict[str, list[tuple[float, bool]]] = {}
-        self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{os.getpid()}")
-        self.client.on_connect = lambda c, *_: c.subscribe(pattern, 1)
-        self.client.on_message = self._msg
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def _msg(self, c: Any, u: Any, m: Any) -> None:
-        now = time.time()
-        with self.cond:
-            self.events.setdefault(m.topic.rsplit("/", 1)[1], []).append((now, bool(m.payload)))
-            self.cond.notify_all()
-
-    def wait(self, alert_id: str, active: bool, after: float, timeout: float) -> float | None:
-        deadline = time.time() + timeout
-        with self.cond:
-            while time.time() < deadline:
-                for at, is_active in self.events.get(alert_id, []):
-                    if at >= after and is_active == active:
-                        return at
-                self.cond.wait(0.05)
-        return None
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def roomd_config(work: Path, ports: list[int], mqtt_port: int, http_port: int, args: Any) -> Path:

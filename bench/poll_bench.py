@@ -119,17 +119,23 @@ def poll_count(http_port: int) -> float:
 
 
 class AlertWatch:
-    def __init__(self, port: int) -> None:
+    """Times retained alert messages at an MQTT subscriber (raised: a payload; cleared: empty)."""
+
+    def __init__(self, port: int, pattern: str = "roomd/bench/+/alerts/#") -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.events: dict[str, list[tuple[float, bool]]] = {}
         self.cond = threading.Condition()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-watch")
-        self.client.on_connect = lambda c, *_: c.subscribe("roomd/bench/+/alerts/#", 1)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{os.getpid()}")
+        self.client.on_connect = lambda c, *_: c.subscribe(pattern, 1)
         self.client.on_message = self._msg
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
     def _msg(self, c: Any, u: Any, m: Any) -> None:
         now = time.time()
