@@ -23,6 +23,24 @@ from tests.integration.test_daemon import BASE, running
 VPCD = "/usr/lib/pcsc/drivers/serial/libifdvpcd.so"
 
 
+def free_port_pair() -> int:
+    """A port p with p + 1 free too: vpcd opens a second slot on the next port, and pcscd drops
+    the whole reader when that one is taken (seen when a test before left sockets open)."""
+    for _ in range(200):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return port
+    raise RuntimeError("no two consecutive free ports")
+
+
 @pytest.fixture
 def pcscd(tmp_path: Path) -> Iterator[int]:
     """A pcscd of the test's own with one virtual reader on a free port; yields the port."""
@@ -31,7 +49,7 @@ def pcscd(tmp_path: Path) -> Iterator[int]:
         pytest.fail("pcscd and vsmartcard-vpcd are missing: ./scripts/test installs them")
     if subprocess.run(["pgrep", "-x", "pcscd"], capture_output=True).returncode == 0:
         pytest.fail("another pcscd is running; the test needs its own (its socket is global)")
-    port = free_port()
+    port = free_port_pair()
     conf = tmp_path / "reader.conf.d"
     conf.mkdir()
     (conf / "vpcd").write_text(
