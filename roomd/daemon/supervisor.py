@@ -13,11 +13,8 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import resource
 import time
 from collections import Counter
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +33,15 @@ from .checks import RoomChecker
 from .clock import Clock, iso
 from .commands import CommandService
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
+from .discovery import HomeAssistantDiscovery
 from .engine import PollEngine
+from .housekeeping import Housekeeping, raise_descriptor_limit
 from .inbound import LogLimiter
 from .instances import Instances
 from .meetings import MeetingPlanner
 from .model import Transition
 from .shards import shard_label
 from .signins import SigninService
-from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
 from .sinks.prometheus import HttpServer, Metrics
@@ -69,17 +67,14 @@ class Daemon:
         self.pollers = self.site.pollers
         self.room_pollers = self.site.room_pollers
         self.sealed_rooms = self.site.sealed_rooms
+        self.housekeeping = Housekeeping(self.site)
+        self.discovery = HomeAssistantDiscovery(self.site)
         self.engine = PollEngine(self._engine_readings, self._engine_failure, config.poll_jitter)
-        self._announced: dict[str, float] = {}  # alert id → monotonic time last announced
         self._stopping = asyncio.Event()
-        self._fd_warned = False
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.systemd = SdNotifier()
-        self._ha_topics = PublishedTopics(config.state_dir)
-        if config.homeassistant.enabled:
-            self.mqtt.extra_topics[f"{config.homeassistant.prefix}/status"] = self._on_ha_status
         self.attendance = Attendance(
             Attendance.load_secret(config.signins.secret_file, config.state_dir)
         )
@@ -129,6 +124,12 @@ class Daemon:
     def purge_signins(self) -> int:
         return self.signins.purge_signins()
 
+    def check_inspections(self) -> None:
+        self.housekeeping.check_inspections()
+
+    def escalate_due(self) -> list[Transition]:
+        return self.housekeeping.escalate_due()
+
     async def soundcheck(self, room: Room) -> dict[str, Any]:
         return await self.commands.soundcheck(room)
 
@@ -166,7 +167,7 @@ class Daemon:
                 tg.create_task(self._lag_loop(), name="loop-lag")
                 self._apply(cfg, first=True)
                 tg.create_task(self.meetings.run(), name="meetings")
-                self._publish_discovery()
+                self.discovery.publish()
                 quiet_collector()
                 tg.create_task(self._collector_loop(), name="gc")
                 self.ready.set()
@@ -213,7 +214,7 @@ class Daemon:
         self.authz = Authorizer(new.authorization, new.mqtt.username)  # rules and keys, anew
         self.signins.load_rosters(new)
         self.meetings.configure(new)
-        self._publish_discovery()
+        self.discovery.publish()
         log.info("config reloaded from %s", new.path)
         self.systemd.notify("READY=1", f"STATUS={self.status_line()}")
         return True
@@ -315,55 +316,6 @@ class Daemon:
             room, level if level is not None else due, booking, on_demand=True
         )
 
-    def check_inspections(self) -> None:
-        """days_since_inspection for every device with `last_inspected` (profile: > 90 → IV)."""
-        today = time.gmtime(self.clock.time())
-        today_ordinal = date(today.tm_year, today.tm_mon, today.tm_mday).toordinal()
-        for p in self.pollers.values():
-            if p.config.last_inspected is not None:
-                days = today_ordinal - p.config.last_inspected.toordinal()
-                reading: Readings = {"days_since_inspection": days}
-                self.emit(self.book.observe(p.room.id, p.config.id, reading))
-                self.metrics.update(p.room.id, p.config.id, reading)
-
-    def escalate_due(self) -> list[Transition]:
-        """Re-announce unacknowledged alerts of the configured grades every interval."""
-        esc = self.config.escalation
-        now = self.clock.monotonic()
-        out: list[Transition] = []
-        for alert_id, alert in list(self.book.active.items()):
-            if alert.state != "active" or alert.severity not in esc.grades:
-                self._announced.pop(alert_id, None)
-                continue
-            last = self._announced.setdefault(alert_id, now)
-            if now - last >= esc.interval:
-                self._announced[alert_id] = now
-                alert.extra["escalations"] = int(alert.extra.get("escalations", 0)) + 1
-                alert.ts = iso(self.clock.time())
-                out.append(Transition("escalated", alert))
-        for gone in set(self._announced) - set(self.book.active):
-            del self._announced[gone]
-        if out:
-            self.emit(out)
-        return out
-
-    def check_descriptors(self) -> None:
-        """Say when open file descriptors near the limit (each TCP device holds one; 1,000
-        devices ≈ 1,010) — once on the way up, once on the way down."""
-        used, soft = open_descriptors(), descriptor_limit()
-        if used is None or soft is None:
-            return
-        near = used >= 0.8 * soft
-        if near and not self._fd_warned:
-            log.warning(
-                "%d of %d file descriptors in use: raise LimitNOFILE= (systemd) or ulimit -n",
-                used,
-                soft,
-            )
-        elif not near and self._fd_warned:
-            log.info("file descriptors back to %d of %d", used, soft)
-        self._fd_warned = near
-
     async def _lag_loop(self) -> None:
         """How late a 100 ms sleep wakes: the longest of the last 10 s, as a gauge."""
         window: list[float] = []
@@ -393,7 +345,7 @@ class Daemon:
     async def _housekeeping_loop(self) -> None:
         hourly = 0.0
         while True:
-            self.check_descriptors()
+            self.housekeeping.check_descriptors()
             self.instances.tick()
             if self.clock.monotonic() >= hourly:
                 self.purge_signins()
@@ -419,45 +371,6 @@ class Daemon:
     def _instance_conflict(self, room_id: str, detail: str | None) -> None:
         value = "conflict" if detail else None
         self.room_reading(room_id, {"instance_conflict": value}, detail or "")
-
-    def _publish_discovery(self) -> None:
-        """Home Assistant discovery configs for what the config has; removals for the rest."""
-        ha = self.config.homeassistant
-        previous = self._ha_topics.load()
-        current: dict[str, dict[str, Any]] = {}
-        if ha.enabled:
-            rooms = {r.id: r.config.name for r in self.config.rooms}
-            devices = [
-                DeviceInfo(
-                    p.room.id,
-                    p.room.config.name,
-                    p.config.id,
-                    p.config.name,
-                    p.driver.kind,
-                    p.driver.model_name,
-                    tuple(p.driver.metrics),
-                )
-                for p in self.pollers.values()
-            ]
-            current = discovery_configs(
-                ha.prefix,
-                self.mqtt.base,
-                self.config.site,
-                rooms,
-                devices,
-                ha.login,
-                self.mqtt.availability_topic,
-            )
-        for topic, payload in current.items():
-            self.mqtt.publish_state(topic, payload)
-        for topic in previous - current.keys():
-            self.mqtt.unpublish(topic)
-        if current.keys() != previous:
-            self._ha_topics.save(set(current))
-
-    def _on_ha_status(self, payload: bytes) -> None:
-        if payload.strip() == b"online":  # Home Assistant restarted: send the configs again
-            self._publish_discovery()
 
     async def _systemd_loop(self) -> None:
         """WATCHDOG=1 at half of WatchdogSec, from the event loop itself: a stalled loop stops
@@ -531,38 +444,6 @@ def quiet_collector() -> None:
     gc.freeze()
     gen0, gen1, _ = gc.get_threshold()
     gc.set_threshold(gen0, gen1, 100)
-
-
-def open_descriptors() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
-
-
-def descriptor_limit() -> int | None:
-    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return None if soft == resource.RLIM_INFINITY else soft
-
-
-def raise_descriptor_limit(devices: int) -> str | None:
-    """A daemon needs about one descriptor per network device plus ~64 of its own: raise the
-    soft limit up to the hard one when that is short, else say so."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = devices + 64
-    if soft == resource.RLIM_INFINITY or soft >= need * 1.25:
-        return None
-    target = hard if hard == resource.RLIM_INFINITY else min(hard, max(need * 2, soft))
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        target = soft
-    if target != resource.RLIM_INFINITY and target < need * 1.25:
-        return (
-            f"{devices} devices need about {need} file descriptors but the limit is {target}: "
-            "set LimitNOFILE= in the unit (or ulimit -n)"
-        )
-    return None
 
 
 def startup_warnings(cfg: SiteConfig) -> list[str]:

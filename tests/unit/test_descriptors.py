@@ -10,16 +10,16 @@ SCRIPT = """
 import logging, resource, sys, types
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2])))
-from roomd.daemon.supervisor import Daemon, raise_descriptor_limit
+from roomd.daemon.housekeeping import Housekeeping, raise_descriptor_limit
 print("problem:", raise_descriptor_limit(int(sys.argv[3])))
 print("soft:", resource.getrlimit(resource.RLIMIT_NOFILE)[0])
 stub = types.SimpleNamespace(_fd_warned=False)
 files = [open("/dev/null") for _ in range(int(sys.argv[4]))]
-Daemon.check_descriptors(stub)  # type: ignore[arg-type]
-Daemon.check_descriptors(stub)  # type: ignore[arg-type]
+Housekeeping.check_descriptors(stub)  # type: ignore[arg-type]
+Housekeeping.check_descriptors(stub)  # type: ignore[arg-type]
 for f in files:
     f.close()
-Daemon.check_descriptors(stub)  # type: ignore[arg-type]
+Housekeeping.check_descriptors(stub)  # type: ignore[arg-type]
 """
 
 
