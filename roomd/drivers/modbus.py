@@ -257,15 +257,15 @@ class _TcpLink(asyncio.Protocol):
             _resolve(fut, exc)
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer + data
+        buf = self.buffer + data if self.buffer else data
         while len(buf) >= 8:
-            if buf[2:4] != b"\x00\x00" or not 2 <= int.from_bytes(buf[4:6], "big") <= 254:
+            # MBAP: transaction id, protocol id (0), length (unit + PDU), unit.
+            tid, protocol, length, unit = _MBAP.unpack_from(buf)
+            if protocol != 0 or not 2 <= length <= 254:
                 # Not an MBAP header: the stream is garbage from here on. Resync by reconnecting.
                 self._fail_all(DeviceProtocolError(f"corrupt Modbus TCP frame: {buf[:16].hex()}"))
                 self.close()
                 return
-            # MBAP: transaction id, protocol id (checked above), length (unit + PDU), unit.
-            tid, _, length, unit = _MBAP.unpack_from(buf)
             used = 6 + length
             if len(buf) < used:
                 break
