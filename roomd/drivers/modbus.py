@@ -9,12 +9,10 @@ by transaction id); one serialized bus per serial port (a silent unit costs one 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import struct
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pymodbus.framer import FramerRTU, FramerSocket
@@ -28,6 +26,7 @@ from pymodbus.pdu.register_message import (
 
 from ..daemon.profiles import DeviceModel, ReadBlock, load_model, plan_reads
 from ..daemon.units import Duration
+from ..tcp import stream_transport
 from . import register
 from .base import (
     CommandError,
@@ -238,12 +237,7 @@ class _TcpLink(asyncio.Protocol):
         return link
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = stream_transport(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

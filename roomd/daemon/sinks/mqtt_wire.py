@@ -19,13 +19,13 @@ subscriptions (the sink subscribes at QoS 1), so the broker never sends it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
+
+from ...tcp import stream_transport
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 0x10, 0x20, 0x30, 0x40
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 0x82, 0x90, 0xC0, 0xD0, 0xE0
@@ -187,12 +187,7 @@ class Connection(asyncio.Protocol):
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike
-        self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = stream_transport(transport)
         # Our own bound on the kernel-side backlog: past it, state messages wait (see sink).
         self.transport.set_write_buffer_limits(high=4 * 1024 * 1024, low=1024 * 1024)
 
