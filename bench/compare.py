@@ -40,15 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(ROOT))
 
-from bench.poll_bench import AlertWatch  # noqa: E402
+from bench.poll_bench import AlertWatch, free_port, pct  # noqa: E402
 
 NODE_RED_DIR = Path(os.environ.get("ROOMD_NODE_RED_DIR", "/work/peers/nodered"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
@@ -234,11 +228,6 @@ def measure(name: str, work: Path, ports_file: Path, mqtt_port: int, farm: FarmC
                     os.kill(p, signal.SIGKILL)
             proc.wait(10)
         shutil.rmtree(work / "state", ignore_errors=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 def main() -> int:

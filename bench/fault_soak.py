@@ -42,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.poll_bench import AlertWatch, free_port, rss_mb  # noqa: E402
+from bench.poll_bench import AlertWatch, free_port, pct, rss_mb  # noqa: E402
 
 FAULT_KINDS = ("silent", "slow", "disconnect", "corrupt", "exception")
 
@@ -89,11 +89,6 @@ def health(http_port: int) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=10) as r:
         data: dict[str, Any] = json.loads(r.read())
         return data
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 def main() -> int:

@@ -305,7 +305,7 @@ def main() -> int:
             "alert_latency_ms_p50": round(1000 * statistics.median(latencies), 1)
             if latencies
             else None,
-            "alert_latency_ms_p99": round(1000 * _pct(latencies, 99), 1) if latencies else None,
+            "alert_latency_ms_p99": round(1000 * pct(latencies, 99), 1) if latencies else None,
             "alert_latency_ms_max": round(1000 * max(latencies), 1) if latencies else None,
             "samples": len(latencies),
             "missed": missed,
@@ -327,10 +327,10 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _pct(values: list[float], pct: float) -> float:
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of a non-empty list."""
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[index]
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 if __name__ == "__main__":

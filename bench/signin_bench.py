@@ -36,13 +36,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.poll_bench import cpu_times, free_port  # noqa: E402
+from bench.poll_bench import cpu_times, free_port, pct  # noqa: E402
 from roomd.simulators.nfc import ReaderSim, card_uid  # noqa: E402
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

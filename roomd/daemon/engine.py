@@ -72,7 +72,6 @@ class PollEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
-        self.devices = 0
 
     # ---- membership -------------------------------------------------------------------------
 
@@ -83,15 +82,12 @@ class PollEngine:
         p = Polled(config, driver, owner)
         p.paced = type(driver).next_interval is not Driver.next_interval
         p.done = lambda result: self._finished(p, result)
-        self.devices += 1
         self._schedule(p, loop.time() + random.uniform(0, config.poll))
         return p
 
     def remove(self, p: Polled) -> None:
         """Stop polling (lazily: its heap entry is skipped); the caller closes the driver."""
-        if not p.stopped:
-            p.stopped = True
-            self.devices -= 1
+        p.stopped = True
         if p.task is not None:
             p.task.cancel()
 
@@ -229,7 +225,3 @@ class PollEngine:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    @property
-    def scheduled(self) -> int:
-        return len(self._heap)

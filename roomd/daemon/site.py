@@ -48,10 +48,14 @@ class Poller:
     published_at: float = 0.0
     failures: int = 0
     polls: int = 0
-    parked: bool = False  # stopped after an authentication failure, until a reload
     polled: Polled | None = None  # the engine's handle
     observe: Callable[[float], None] = field(default=lambda seconds: None, repr=False)
     state_topic: str = ""  # built on first publish
+
+    @property
+    def parked(self) -> bool:
+        """Stopped after an authentication failure, until a reload (the engine's state)."""
+        return self.polled is not None and self.polled.parked
 
     @property
     def key(self) -> tuple[str, str]:

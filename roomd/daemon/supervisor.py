@@ -297,7 +297,6 @@ class Daemon:
     def _engine_failure(self, p: Poller, error: str, parked: bool) -> None:
         self.site.failed(p, error)
         if parked:
-            p.parked = True
             room_id, dev_id = p.room.id, p.config.id
             log.error("%s/%s: %s; not retrying until a reload", room_id, dev_id, error)
 

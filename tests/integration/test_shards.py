@@ -8,6 +8,7 @@ serves one /metrics with every device (labelled by shard), and stops cleanly.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -158,6 +159,31 @@ async def test_instances_on_two_machines_own_disjoint_rooms(
         # Both instances announce themselves; neither claims the other's rooms.
         await rec.wait_for(lambda m: m.topic == f"{BASE}/_daemon/instances", 20)
         assert not rec.matching(lambda m: "instance_conflict" in m.topic)
+        # Site commands: `ack` answered by the shard owning the alert's room only, `status` by
+        # every shard, each result naming its shard.
+        result = f"{BASE}/_daemon/cmd/result"
+
+        def answers(cmd_id: str) -> list[dict[str, Any]]:
+            got = [m.json() for m in rec.on(result)]
+            return [r for r in got if r.get("id") == cmd_id]
+
+        for attempt in range(20):  # until both instances' subscriptions are live
+            rec.publish(f"{BASE}/_daemon/cmd", {"command": "status", "id": f"s{attempt}"})
+            await asyncio.sleep(0.25)
+            if len(answers(f"s{attempt}")) == 2:
+                break
+        assert sorted(r["shard"] for r in answers(f"s{attempt}")) == ["1/2", "2/2"]
+        for cmd_id, alert, shard in (
+            ("a1", "r1.env.co2_ppm.max", "1/2"),
+            ("a4", "r4.x.y.max", "2/2"),
+        ):
+            rec.publish(
+                f"{BASE}/_daemon/cmd", {"command": "ack", "args": {"alert": alert}, "id": cmd_id}
+            )
+            await until(lambda c=cmd_id: bool(answers(c)), 10, f"an answer to {cmd_id}")
+            await asyncio.sleep(0.5)  # time for a second, wrong answer to arrive
+            got = answers(cmd_id)
+            assert len(got) == 1 and got[0]["shard"] == shard and got[0]["ok"] is False, got
         assert all(stop(p) == 0 for p in procs)
         assert all(s.connections == 1 for s in sims.values())
     finally:

@@ -23,7 +23,6 @@ import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from ...tcp import stream_transport
 
@@ -368,7 +367,7 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__: list[Any] = [
+__all__ = [
     "Connection",
     "MqttError",
     "MqttProtocolError",

@@ -92,7 +92,8 @@ class Metrics:
         self.devices: Callable[[], Iterable[DeviceSample]] = lambda: ()
         self._values: dict[tuple[str, str], dict[str, Any]] = {}
         self._poll_children: dict[str, Any] = {}
-        r.register(_ReadingsCollector(self))
+        self._collector = _ReadingsCollector(self)
+        r.register(self._collector)
 
     def update(self, room: str, device: str, readings: Mapping[str, Any]) -> None:
         """A reading that is not a device's last poll (room-level ones, inspections)."""
@@ -109,6 +110,9 @@ class Metrics:
 
     def forget_device(self, room: str, device: str) -> None:
         self._values.pop((room, device), None)
+        seen = self._collector.seen
+        for key in [k for k in list(seen) if k[0] == room and k[1] == device]:
+            seen.pop(key, None)
 
     def count_alerts_at_scrape(self, by_severity: Callable[[], Mapping[str, int]]) -> None:
         """`roomd_alerts_active{severity}` is computed when scraped, not on every alert
@@ -165,7 +169,7 @@ class _ReadingsCollector:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._names: dict[str, str] = {}
-        self._seen: dict[tuple[str, str, str], set[str]] = {}
+        self.seen: dict[tuple[str, str, str], set[str]] = {}
 
     def describe(self) -> list[Any]:
         return []  # dynamic: nothing to check for clashes at registration
@@ -193,7 +197,7 @@ class _ReadingsCollector:
                     family = states[metric] = GaugeMetricFamily(
                         self._name(metric), f"roomd reading {metric}", labels=(*LABELS, "state")
                     )
-                seen = self._seen.setdefault((room, device, metric), set())
+                seen = self.seen.setdefault((room, device, metric), set())
                 seen.add(value)
                 for state in seen:
                     family.add_metric((site, room, device, state), 1.0 if state == value else 0.0)
