@@ -333,7 +333,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.format == "json":
         text = json.dumps(report, indent=2) + "\n"
     elif args.format == "html":
-        text = render_html(report)
+        text = render_html(report, cfg.language)
     else:
         text = render_text(report)
     if args.output:

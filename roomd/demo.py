@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import shlex
 import shutil
 import signal
@@ -22,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .console.auth import hash_password
 from .daemon.config import load_config
 from .daemon.supervisor import Daemon
 from .simulators.site import SimControl, SimulatedSite
@@ -185,6 +187,7 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
             return 1
         broker_note = f"an embedded broker at 127.0.0.1:{mqtt_port}"
     http_port = _free_port(9880)
+    console_port = _free_port(9881)
     site = await SimulatedSite(rooms, "demo", tap_period=4.0).start()
     control = await SimControl(site).start()
     cfg_path = workdir / "roomd.yaml"
@@ -204,6 +207,13 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
             "temperature_c": {"hold": "10s"},
             "humidity_pct": {"hold": "10s"},
         }
+    # The help-desk console, with a login made for this run (printed below).
+    password = secrets.token_urlsafe(9)
+    raw["console"] = {
+        "enabled": True,
+        "listen": f"127.0.0.1:{console_port}",
+        "users": [{"name": "demo", "role": "technician", "password_hash": hash_password(password)}],
+    }
     cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     events: deque[str] = deque(maxlen=8)
     handler = _EventLines(events)
@@ -219,6 +229,8 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
     header = Text.from_markup(
         f"Broker: {broker_note}\n"
         f"Subscribe: [bold]mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'roomd/#' -v[/bold]\n"
+        f"Console:   [bold]http://127.0.0.1:{console_port}/[/bold]   "
+        f"log in as [bold]demo[/bold], password [bold]{password}[/bold]\n"
         f"Metrics:   [bold]http://127.0.0.1:{http_port}/metrics[/bold]   config: {cfg_path}\n"
         f"Check:     [bold]{roomd} check r301 -c {cfg_path}[/bold]\n"
         f"Faults:    [bold]{roomd} simctl 127.0.0.1:{control.port} fault r301 mixer mute_main"

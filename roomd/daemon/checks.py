@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..drivers.audio_probe import AudioProbeDriver
 from ..drivers.base import CommandError, DeviceError
 from ..drivers.x32 import MixerDriver
+from ..i18n import translations
 from .bookings import Booking
 from .checktypes import CheckContext, CheckItem
 from .clock import iso
@@ -245,12 +246,13 @@ def _label(item: CheckItem) -> str:
 # ---- rendering ---------------------------------------------------------------------------------
 
 
-def _meeting_line(report: dict[str, Any]) -> str:
+def _meeting_line(report: dict[str, Any], gettext: Callable[[str], str] = str) -> str:
+    _ = gettext
     m = report.get("meeting")
     if not m:
-        return "no booking (on-demand check)"
-    who = f", organiser {m['organiser']}" if m.get("organiser") else ""
-    return f"{m.get('title') or m['id']} ({m['start']} to {m['end']}, {m['class']}{who})"
+        return _("no booking (on-demand check)")
+    who = (", " + _("organiser %(name)s") % {"name": m["organiser"]}) if m.get("organiser") else ""
+    return f"{m.get('title') or m['id']} ({m['start']} – {m['end']}, {m['class']}{who})"
 
 
 def render_text(report: dict[str, Any]) -> str:
@@ -274,19 +276,33 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], language: str = "en") -> str:
+    """The printable report, in the site's language, with the signature block (STANDARD §2)."""
+    _ = translations(language).gettext
     e = html.escape
-    verdict = "READY" if report["passed"] else "NOT READY"
+    verdict = _("READY") if report["passed"] else _("NOT READY")
+    ok, fail = e(_("ok")), e(_("FAIL"))
     rows = "\n".join(
-        f'<tr class="{"ok" if i["passed"] else "fail"}"><td>{"ok" if i["passed"] else "FAIL"}'
+        f'<tr class="{"ok" if i["passed"] else "fail"}"><td>{ok if i["passed"] else fail}'
         f"</td><td>{e(i['device'])}</td><td>{e(i['item'])}</td><td>{e(i['expected'])}</td>"
         f"<td>{e(i['measured'])}</td><td>{i['duration_s']:g} s</td></tr>"
         for i in report["items"]
     )
     name = e(report.get("room_name") or report["room"])
+    title = e(_("Pre-meeting check"))
+    columns = [_("device"), _("item"), _("expected"), _("measured"), _("duration")]
+    head = "<tr><th></th>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
+    meeting, level, time_, checked, signature = (
+        e(_("Meeting")),
+        e(_("Level")),
+        e(_("Time")),
+        e(_("Checked by")),
+        e(_("Signature")),
+    )
+    lang = "zh-CN" if language == "zh-CN" else "en"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Pre-meeting check {name}, {e(report["level_name"])}</title>
+<html lang="{lang}"><head><meta charset="utf-8">
+<title>{title} {name}, {e(report["level_name"])}</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; width: 100%; }}
@@ -294,16 +310,17 @@ td, th {{ border: 1px solid #999; padding: 4px 8px; text-align: left; }}
 tr.fail td {{ background: #fdd; }}
 .verdict {{ font-size: 1.4em; font-weight: bold; }}
 .sign {{ margin-top: 3em; }}
+@media print {{ tr.fail td {{ -webkit-print-color-adjust: exact; print-color-adjust: exact; }} }}
 </style></head><body>
-<h1>Pre-meeting check: {name} ({e(report["room"])})</h1>
-<p>Meeting: {e(_meeting_line(report))}<br>
-Level: {e(report["level_name"])}<br>
-Time: {e(report["ts"])} ({report["duration_s"]:g} s)</p>
+<h1>{title}: {name} ({e(report["room"])})</h1>
+<p>{meeting}: {e(_meeting_line(report, _))}<br>
+{level}: {e(report["level_name"])}<br>
+{time_}: {e(report["ts"])} ({report["duration_s"]:g} s)</p>
 <p class="verdict">{verdict}</p>
-<table><tr><th></th><th>device</th><th>item</th><th>expected</th><th>measured</th>
-<th>duration</th></tr>
+<table>{head}
 {rows}
 </table>
-<p class="sign">Checked by: ____________________ &nbsp; Signature: ____________________</p>
+<p class="sign">{checked}: ____________________ &nbsp;
+{signature}: ____________________</p>
 </body></html>
 """

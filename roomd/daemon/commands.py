@@ -16,6 +16,7 @@ from .checks import audio_devices, room_soundcheck
 from .clock import iso
 from .config import Room, SiteConfig
 from .inbound import BadCommand, LogLimiter, parse_command
+from .model import Transition
 from .site import Poller, Site
 
 log = logging.getLogger("roomd")
@@ -106,7 +107,15 @@ class CommandService:
     async def _device_command(
         self, p: Poller, topic: str, cmd_id: Any, name: str, args: dict[str, Any]
     ) -> None:
-        result: dict[str, Any] = {"id": cmd_id}
+        result = {"id": cmd_id, **await self.run_device_command(p, name, args)}
+        self.site.mqtt.publish_now(topic, result)
+
+    async def run_device_command(
+        self, p: Poller, name: str, args: dict[str, Any], by: str | None = None
+    ) -> dict[str, Any]:
+        """Run a command already authorised; the answer (`ok`, `result` or `error`, `ts`) is
+        returned and announced as a `command` event (with who gave it, when known)."""
+        result: dict[str, Any] = {}
         try:
             if name == "soundcheck" and isinstance(p.driver, MixerDriver | AudioProbeDriver):
                 async with asyncio.timeout(60.0):
@@ -125,9 +134,19 @@ class CommandService:
             log.exception("command %s on %s/%s", name, p.room.id, p.config.id)
             result.update(ok=False, error=f"internal error: {type(exc).__name__}")
         result["ts"] = iso(self.site.clock.time())
-        self.site.mqtt.publish_now(topic, result)
-        event = {"type": "command", "device": p.config.id, "command": name, "args": args, **result}
-        self.site.emit([], [self.site.mqtt.event(p.room.id, event)])
+        event = {"type": "command", "device": p.config.id, "command": name, "args": args}
+        if by is not None:
+            event["by"] = by
+        self.site.emit([], [self.site.mqtt.event(p.room.id, {**event, **result})])
+        return result
+
+    def acknowledge(self, alert_id: str, by: str) -> Transition | None:
+        """Acknowledge an active alert for `by`; None when there is no such alert."""
+        t = self.site.book.acknowledge(alert_id, by=by)
+        if t is not None:
+            self.site.emit([t])
+            log.info("alert %s acknowledged by %s", alert_id, by)
+        return t
 
     async def _daemon_command(
         self, topic: str, cmd_id: Any, name: str, args: dict[str, Any], who: Principal
@@ -151,11 +170,10 @@ class CommandService:
                 by = f"{claimed} (unverified)" if claimed else "anonymous"
             else:
                 by = who.name if not claimed or claimed == who.name else f"{who.name} ({claimed})"
-            t = self.site.book.acknowledge(str(alert_id), by=by) if alert_id else None
+            t = self.acknowledge(str(alert_id), by) if alert_id else None
             if t is None:
                 result.update(ok=False, error=f"no active alert {alert_id!r}")
             else:
-                self.site.emit([t])
                 result.update(ok=True, result={"alert": t.alert.id, "state": t.alert.state})
         elif name == "reload":
             ok = self.daemon.reload()

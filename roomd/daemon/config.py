@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..drivers import driver_class, known_drivers
 from ..drivers.base import DeviceConfig, DriverContext
@@ -115,16 +123,20 @@ class MqttConfig(_Strict):
         return self.password.get_secret_value() if self.password else None
 
 
+def _check_listen(value: str) -> str:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9880")
+    return value
+
+
 class HttpConfig(_Strict):
     listen: str = "127.0.0.1:9880"
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
-        _host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:9880")
-        return value
+        return _check_listen(value)
 
     @property
     def host(self) -> str:
@@ -193,9 +205,68 @@ class HomeAssistantConfig(_Strict):
     login: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$")
 
 
+class ConsoleUser(_Strict):
+    """A console login: a password hash (argon2, from `roomd console hash-password`) or a
+    token in a file (for a kiosk or a script); never a plain password in the config."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    role: Literal["viewer", "technician"] = "viewer"
+    password_hash: str | None = Field(None, pattern=r"^\$argon2(id|i|d)\$")
+    password_hash_file: Path | None = None
+    token_file: Path | None = None
+    language: Literal["en", "zh-CN"] | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ConsoleUser:
+        if not (self.password_hash or self.password_hash_file or self.token_file):
+            raise ValueError("needs password_hash, password_hash_file or token_file")
+        return self
+
+
+class ConsoleConfig(_Strict):
+    """The help-desk web console (roomd/console/). Off unless enabled; 127.0.0.1 unless told."""
+
+    enabled: bool = False
+    listen: str = "127.0.0.1:9881"
+    users: list[ConsoleUser] = []
+    session_idle: Duration = 1800.0  # a session unused this long must log in again
+    session_max: Duration = 12 * 3600.0  # and any session after this long
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # The console's own address as a browser sees it (behind a reverse proxy): links in
+    # notifications, and the Origin a form post must come from.
+    public_url: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @model_validator(mode="after")
+    def _usable(self) -> ConsoleConfig:
+        if self.enabled and not self.users:
+            raise ValueError("an enabled console needs at least one user")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        names = [u.name for u in self.users]
+        if len(names) != len(set(names)):
+            raise ValueError("user names must be unique")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 class RoomConfig(_Strict):
     id: str = Field(pattern=_ID)
     name: str = ""
+    # Building / floor for the console's filter; without it, read from the name ("A栋 3层").
+    group: str | None = Field(None, max_length=80)
     area_m2: float | None = Field(None, gt=0)
     seats: int | None = Field(None, ge=0)
     profile: str | None = None
@@ -216,6 +287,9 @@ class _SiteModel(_Strict):
     homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     meetings: MeetingsConfig = Field(default_factory=MeetingsConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    # The language people read: the console, reports and notifications (zh-CN or en).
+    language: Literal["en", "zh-CN"] = "en"
     # Who may command which room and device, and push bookings (daemon/authz.py). Absent: any
     # broker client that can publish to the command topics is obeyed (a warning at start).
     authorization: AuthorizationConfig | None = None
@@ -260,6 +334,8 @@ class SiteConfig:
     rooms: tuple[Room, ...]
     authorization: AuthorizationConfig | None = None
     shard_map: dict[str, int] = field(default_factory=dict)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    language: str = "en"
     shard: tuple[int, int] | None = None  # (i, n): this instance polls shard i of n
 
     def room(self, room_id: str) -> Room | None:
@@ -507,6 +583,8 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         rooms=tuple(rooms),
         authorization=site.authorization,
         shard_map=dict(site.shard_map),
+        console=site.console,
+        language=site.language,
     )
 
 

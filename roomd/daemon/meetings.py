@@ -349,7 +349,7 @@ class MeetingPlanner:
                 n += 1
                 stem = f"{stem.split('.')[0]}.{n}"
             write_private(folder / f"{stem}.json", json.dumps(report, indent=1))
-            write_private(folder / f"{stem}.html", render_html(report))
+            write_private(folder / f"{stem}.html", render_html(report, self.site.config.language))
         except OSError as exc:
             log.error("%s: cannot save the check report: %s", room.id, exc)
 

@@ -46,6 +46,7 @@ class Poller:
     error: str = ""
     deadbands: dict[str, float] = field(default_factory=dict)
     published_at: float = 0.0
+    read_at: float = 0.0  # monotonic time of the last good poll: the age of the readings
     failures: int = 0
     polls: int = 0
     polled: Polled | None = None  # the engine's handle
@@ -85,6 +86,9 @@ class Site:
         self._room_published: dict[str, dict[str, Any]] = {}
         # Services that react to alert transitions (meetings: failover, no-show...).
         self.transition_listeners: list[Callable[[list[Transition]], None]] = []
+        # Told the room's id when a device's published state or the room's summary changed
+        # (the console's live pages).
+        self.room_listeners: list[Callable[[str], None]] = []
         # Prometheus reads each device's readings when scraped (nothing copied per poll).
         metrics.devices = lambda: [
             (p.room.id, p.config.id, p.online, p.readings) for p in list(self.pollers.values())
@@ -104,6 +108,7 @@ class Site:
     def readings(self, p: Poller, readings: Readings) -> None:
         room_id, dev_id = p.room.id, p.config.id
         p.polls += 1
+        p.read_at = self.clock.monotonic()
         if p.online is not True:
             if p.online is False:
                 log.info("%s/%s back online after %d failed polls", room_id, dev_id, p.failures)
@@ -182,6 +187,8 @@ class Site:
         if not p.state_topic:
             p.state_topic = f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state"
         self.mqtt.publish_state(p.state_topic, payload)
+        for listener in self.room_listeners:
+            listener(p.room.id)
         if availability_changed:
             self.publish_room(p.room.id)
 
@@ -233,6 +240,8 @@ class Site:
             self.metrics.set_room_alerts({r: self.book.room_count(r) for r in rooms})
             for room in rooms:
                 self.publish_room(room)
+                for room_listener in self.room_listeners:
+                    room_listener(room)
             for listener in self.transition_listeners:
                 listener(transitions)
 
@@ -267,6 +276,8 @@ class Site:
         self.metrics.check_passed.labels(self.config.site, room.id, level).set(
             1 if report["passed"] else 0
         )
+        for listener in self.room_listeners:
+            listener(room.id)
         if report["passed"]:
             self.room_reading(room.id, {"room_ready": "ready"})
         elif pages:

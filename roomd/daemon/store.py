@@ -10,6 +10,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,38 @@ class OutboxMessage:
 
 
 Pending = tuple[str, bytes, bool, int]  # topic, payload, retain, qos
+
+
+@dataclass(slots=True, frozen=True)
+class Incident:
+    """One alert's life, for the incidents list and `time to acknowledge / clear`."""
+
+    alert: str
+    since: str
+    room: str
+    device: str
+    metric: str
+    severity: str
+    message: str
+    raised: float
+    acked: float | None
+    acked_by: str | None
+    escalations: int
+    cleared: float | None
+    reason: str | None
+
+    @property
+    def to_ack(self) -> float | None:
+        return None if self.acked is None else self.acked - self.raised
+
+    @property
+    def to_clear(self) -> float | None:
+        return None if self.cleared is None else self.cleared - self.raised
+
+
+def epoch(ts: str) -> float:
+    """An ISO time of ours (`2026-11-30T16:18:16.123Z`) → epoch seconds."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 @dataclass(slots=True, frozen=True)
@@ -94,6 +127,15 @@ class Store:
             CREATE INDEX IF NOT EXISTS usage_start ON usage (start);
             -- What the meeting planner did per booking (checks, pre-warm, no-show, shutdown,
             -- failover): a restart must not do it again.
+            -- Every alert's life (raise, acknowledgement, escalations, clear), written with its
+            -- transitions: time to acknowledge and to clear (STANDARD §3: 1 and 5 minutes).
+            CREATE TABLE IF NOT EXISTS incidents (
+                alert TEXT NOT NULL, since TEXT NOT NULL, room TEXT NOT NULL,
+                device TEXT NOT NULL, metric TEXT NOT NULL, severity TEXT NOT NULL,
+                message TEXT NOT NULL, raised REAL NOT NULL, acked REAL, acked_by TEXT,
+                escalations INTEGER NOT NULL DEFAULT 0, cleared REAL, reason TEXT,
+                PRIMARY KEY (alert, since));
+            CREATE INDEX IF NOT EXISTS incidents_raised ON incidents (raised);
             CREATE TABLE IF NOT EXISTS meeting_actions (
                 booking TEXT NOT NULL, action TEXT NOT NULL, ts REAL NOT NULL,
                 PRIMARY KEY (booking, action));
@@ -112,6 +154,7 @@ class Store:
         with self.db:  # BEGIN ... COMMIT
             self.db.execute("BEGIN")
             for t in transitions:
+                self._incident(t)
                 if t.kind == "cleared":
                     self.db.execute("DELETE FROM alerts WHERE id = ?", (t.alert.id,))
                 else:
@@ -124,6 +167,48 @@ class Store:
                 [(topic, payload, int(retain), qos) for topic, payload, retain, qos in msgs],
             )
         self._depth += len(msgs)
+
+    def _incident(self, t: Transition) -> None:
+        a, key = t.alert, (t.alert.id, t.alert.since)
+        at = epoch(a.ts)
+        if t.kind == "raised":
+            self.db.execute(
+                "INSERT OR IGNORE INTO incidents (alert, since, room, device, metric, severity,"
+                " message, raised) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*key, a.room, a.device, a.metric, a.severity, a.message, epoch(a.since)),
+            )
+        elif t.kind == "acknowledged":
+            self.db.execute(
+                "UPDATE incidents SET acked = ?, acked_by = ? WHERE alert = ? AND since = ?"
+                " AND acked IS NULL",
+                (at, str(a.extra.get("acknowledged_by", "")), *key),
+            )
+        elif t.kind == "escalated":
+            self.db.execute(
+                "UPDATE incidents SET escalations = ? WHERE alert = ? AND since = ?",
+                (int(a.extra.get("escalations", 0)), *key),
+            )
+        elif t.kind == "cleared":
+            self.db.execute(
+                "UPDATE incidents SET cleared = ?, reason = ? WHERE alert = ? AND since = ?",
+                (at, t.reason, *key),
+            )
+
+    def incidents(self, since: float = 0.0, limit: int = 1000) -> list[Incident]:
+        """Alerts raised since `since` (epoch seconds), newest first."""
+        rows = self.db.execute(
+            "SELECT alert, since, room, device, metric, severity, message, raised, acked,"
+            " acked_by, escalations, cleared, reason FROM incidents WHERE raised >= ?"
+            " ORDER BY raised DESC, alert LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        return [Incident(*r) for r in rows]
+
+    def purge_incidents(self, before: float) -> int:
+        cur = self.db.execute(
+            "DELETE FROM incidents WHERE cleared IS NOT NULL AND cleared < ?", (before,)
+        )
+        return cur.rowcount
 
     def record_signin(self, row: SigninRow, messages: Iterable[Pending]) -> bool:
         """Store a sign-in and its event in one transaction. False: this card had already

@@ -16,7 +16,7 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..drivers import driver_class
 from ..drivers.base import (
@@ -48,6 +48,11 @@ from .sinks.prometheus import HttpServer, Metrics
 from .site import Poller, Site
 from .store import Pending, Store
 from .systemd import SdNotifier
+
+if TYPE_CHECKING:
+    from ..console.app import Console
+
+INCIDENT_RETENTION = 730 * 86400.0  # seconds: alert history kept two years, as sign-ins
 
 log = logging.getLogger("roomd")
 _limited = LogLimiter(log)
@@ -100,6 +105,23 @@ class Daemon:
         )
         self.mqtt.extra_topics[f"{self.mqtt.base}/_daemon/instances"] = self.instances.heard
         self.mqtt.on_connected.append(self.instances.announce)
+        self.console = self._console() if config.console.enabled else None
+
+    def _console(self) -> Console:
+        from ..console.app import Backend, Console  # only a site that enables it pays
+
+        meetings = self.meetings
+        backend = Backend(
+            site=self.site,
+            commands=self.commands,
+            current=meetings.current,
+            upcoming=lambda room: meetings.next_booking(room, self.clock.time()),
+            bookings=lambda room: meetings.rooms[room].all() if room in meetings.rooms else [],
+            last_check=lambda: meetings.last_check,
+            check_room=self.check_room,
+            spawn=self.spawn,
+        )
+        return Console(self.config.console, backend, self.config.language)
 
     # ---- what services and tests reach through the daemon (the site has them) ----------------
 
@@ -145,6 +167,8 @@ class Daemon:
             log.warning("%s", problem)
         await self.http.start()
         await self.mqtt.start()
+        if self.console is not None:
+            await self.console.start()
         self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
         # list(): one C-level copy, safe while the scrape runs in its thread.
         self.metrics.count_alerts_at_scrape(
@@ -188,6 +212,8 @@ class Daemon:
             for shared in self.context.shared.values():
                 with contextlib.suppress(Exception):
                     shared.close()
+            if self.console is not None:
+                await self.console.stop()
             await self.mqtt.stop()
             await self.http.stop()
             self.store.close()
@@ -348,6 +374,7 @@ class Daemon:
             self.instances.tick()
             if self.clock.monotonic() >= hourly:
                 self.purge_signins()
+                self.store.purge_incidents(self.clock.time() - INCIDENT_RETENTION)
                 self.check_inspections()
                 hourly = self.clock.monotonic() + 3600
             self.escalate_due()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,50 @@ class CommandError(Exception):
     """A command was refused before or by the device; the reason goes to cmd/result."""
 
 
+@dataclass(frozen=True)
+class ArgSpec:
+    """One argument of a command, as a form asks for it: one of `choices`, or a number in
+    [min, max]; `fixed` is sent as it is (a Modbus write's register name)."""
+
+    name: str
+    choices: tuple[str, ...] = ()
+    min: float | None = None
+    max: float | None = None
+    step: float | None = None
+    fixed: str | None = None
+
+    def parse(self, text: str) -> Any:
+        """A form's text → the command's value; CommandError naming what was expected."""
+        if self.fixed is not None:
+            return self.fixed
+        if self.choices:
+            if text not in self.choices:
+                raise CommandError(f"{self.name}: one of {', '.join(self.choices)}")
+            return text
+        try:
+            value = float(text)
+        except ValueError:
+            raise CommandError(f"{self.name}: a number") from None
+        if (
+            not math.isfinite(value)
+            or (self.min is not None and value < self.min)
+            or (self.max is not None and value > self.max)
+        ):
+            lo = "" if self.min is None else f" from {self.min:g}"
+            hi = "" if self.max is None else f" to {self.max:g}"
+            raise CommandError(f"{self.name}: a number{lo}{hi}")
+        return int(value) if value.is_integer() else value
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """A command a device takes, described for a person's form (the console)."""
+
+    name: str
+    args: tuple[ArgSpec, ...] = ()
+    label: str = ""  # what the form's button says; the command name when empty
+
+
 @dataclass
 class DriverContext:
     """What the daemon lends a driver: shared resources (e.g. one RTU bus per serial port)."""
@@ -157,6 +202,10 @@ class Driver(ABC):
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         raise CommandError(f"unknown command {name!r} for a {self.kind} device")
+
+    def command_specs(self) -> list[CommandSpec]:
+        """The commands a technician may give this device from a form (the console)."""
+        return []
 
     # ---- meeting hooks: a driver adds what its kind of device needs; defaults do nothing ----
 

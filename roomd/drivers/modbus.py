@@ -29,7 +29,9 @@ from ..daemon.units import Duration
 from ..tcp import stream_transport
 from . import register
 from .base import (
+    ArgSpec,
     CommandError,
+    CommandSpec,
     DeviceConfig,
     DeviceError,
     DeviceProtocolError,
@@ -672,6 +674,16 @@ class ModbusDriver(Driver):
             return None
         await self.write(UNOCCUPIED)
         return f"climate set to its unoccupied setpoint ({spec.value:g})"
+
+    def command_specs(self) -> list[CommandSpec]:
+        """One form per named write of the model: a button when it writes a fixed value."""
+        specs = []
+        for reg, spec in sorted(self.model.writes.items()):
+            args = [ArgSpec("register", fixed=reg)]
+            if spec.value is None:
+                args.append(ArgSpec("value", min=spec.min, max=spec.max))
+            specs.append(CommandSpec("write", tuple(args), label=reg))
+        return specs
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "write":

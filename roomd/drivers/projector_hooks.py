@@ -10,7 +10,7 @@ import time
 from typing import Any, cast
 
 from ..daemon.checktypes import CheckContext, CheckItem
-from .base import CommandError, DeviceRefused, Driver, Readings
+from .base import ArgSpec, CommandError, CommandSpec, DeviceRefused, Driver, Readings
 
 WARMUP_TIMEOUT = 120.0  # seconds a lamp projector may take to reach "on"
 COOLDOWN_TIMEOUT = 180.0
@@ -103,6 +103,16 @@ class ProjectorHooks:
     keep their power state in `self.power`)."""
 
     power: str | None
+
+    def command_specs(self) -> list[CommandSpec]:
+        inputs = getattr(self, "inputs", None)
+        names = tuple(sorted(inputs.codes)) if inputs is not None else ()
+        on_off = ArgSpec("state", ("on", "off"))
+        specs = [CommandSpec("power", (on_off,))]
+        if names:
+            specs.append(CommandSpec("input", (ArgSpec("input", names),)))
+        specs.append(CommandSpec("mute", (ArgSpec("target", ("video", "both")), on_off)))
+        return specs
 
     async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
         return await power_test(cast(Driver, self), ctx)

@@ -22,7 +22,9 @@ from ..daemon.units import Duration
 from . import register
 from . import x32_protocol as osc
 from .base import (
+    ArgSpec,
     CommandError,
+    CommandSpec,
     DeviceConfig,
     DeviceError,
     DeviceProtocolError,
@@ -424,6 +426,14 @@ class MixerDriver(Driver):
             self._send(osc.build(osc.X32_TONE_FREQ, osc.tone_freq_to_value(cfg.tone_hz)))
             self._send(osc.build(osc.X32_TONE_LEVEL, osc.db_to_fader(cfg.tone_level_db)))
         await self._set(self.model.tone_path, 1 if on else 0)
+
+    def command_specs(self) -> list[CommandSpec]:
+        channels = ("main", *(str(n) for n in range(1, self.model.channels + 1)))
+        channel = ArgSpec("channel", channels)
+        return [
+            CommandSpec("mute", (channel, ArgSpec("state", ("on", "off")))),
+            CommandSpec("fader", (channel, ArgSpec("db", min=-90, max=10, step=0.5))),
+        ]
 
     async def command(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         if name == "mute":

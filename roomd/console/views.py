@@ -1,0 +1,234 @@
+"""What the console shows, read from the site: room tiles, a room's devices and alerts,
+incidents. Plain data for the templates; nothing here changes anything."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..daemon.bookings import Booking
+from ..daemon.clock import iso
+from ..daemon.config import Room
+from ..daemon.model import Alert
+from ..daemon.site import Poller, Site
+from ..daemon.store import Incident
+from ..drivers.base import CommandSpec
+
+SEVERITY_ORDER = {"I": 0, "II": 1, "III": 2, "IV": 3}
+_FLOOR = re.compile(r"(\d{1,2})(\d{2})(?!\d)")
+
+
+def room_group(room: Room, floor_label: Callable[[str, int], str]) -> str:
+    """Building and floor for the filter: the room's `group`, else read from its name
+    ("City Hall 301" → City Hall, floor 3), else the name itself."""
+    if room.config.group:
+        return room.config.group
+    name = room.config.name or room.id
+    match = _FLOOR.search(name)
+    if match is None:
+        return ""
+    building = name[: match.start()].strip(" -·_") or name
+    return floor_label(building, int(match.group(1)))
+
+
+@dataclass
+class Tile:
+    room: Room
+    name: str
+    group: str
+    status: str  # ready | degraded | not_ready | offline | unknown
+    alerts: list[Alert]
+    devices_up: int
+    devices: int
+    current: Booking | None
+    next: Booking | None
+    check: dict[str, Any] | None
+
+    @property
+    def worst(self) -> str | None:
+        return min((a.severity for a in self.alerts), key=SEVERITY_ORDER.__getitem__, default=None)
+
+
+def alerts_by_room(site: Site) -> dict[str, list[Alert]]:
+    out: dict[str, list[Alert]] = defaultdict(list)
+    for alert in list(site.book.active.values()):
+        out[alert.room].append(alert)
+    for alerts in out.values():
+        alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.since))
+    return out
+
+
+def room_status(
+    pollers: Iterable[Poller], alerts: list[Alert], check: dict[str, Any] | None
+) -> str:
+    """offline: no device answers; not ready: a grade I/II alert (a failed check raises one);
+    degraded: any other alert or a device down; ready: none of these."""
+    states = [p.online for p in pollers]
+    if states and all(s is None for s in states):
+        return "unknown"
+    if states and not any(states):
+        return "offline"
+    if any(SEVERITY_ORDER.get(a.severity, 9) <= 1 for a in alerts):
+        return "not_ready"
+    if (
+        check is not None
+        and not check.get("passed", True)
+        and any(a.metric == "room_ready" for a in alerts)
+    ):
+        return "not_ready"
+    if alerts or not all(states):
+        return "degraded"
+    return "ready"
+
+
+def tiles(
+    site: Site,
+    current: Callable[[str], Booking | None],
+    upcoming: Callable[[str], Booking | None],
+    last_check: dict[str, dict[str, Any]],
+    floor_label: Callable[[str, int], str],
+) -> list[Tile]:
+    by_room = alerts_by_room(site)
+    out = []
+    for room in site.config.rooms:
+        pollers = list(site.room_pollers.get(room.id, {}).values())
+        alerts = by_room.get(room.id, [])
+        check = last_check.get(room.id)
+        out.append(
+            Tile(
+                room=room,
+                name=room.config.name or room.id,
+                group=room_group(room, floor_label),
+                status=room_status(pollers, alerts, check),
+                alerts=alerts,
+                devices_up=sum(1 for p in pollers if p.online),
+                devices=len(pollers),
+                current=current(room.id),
+                next=upcoming(room.id),
+                check=check,
+            )
+        )
+    return out
+
+
+def select(tiles_: list[Tile], query: str, group: str, status: str) -> list[Tile]:
+    q = query.strip().lower()
+    return [
+        t
+        for t in tiles_
+        if (not q or q in t.name.lower() or q in t.room.id.lower() or q in t.group.lower())
+        and (not group or t.group == group)
+        and (not status or t.status == status)
+    ]
+
+
+@dataclass
+class DeviceRow:
+    poller: Poller
+    age: float | None  # seconds since the last good poll
+    alerts: list[Alert]
+    specs: list[CommandSpec] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.poller.config.id
+
+
+def device_rows(site: Site, room_id: str, alerts: list[Alert]) -> list[DeviceRow]:
+    now = site.clock.monotonic()
+    rows = []
+    for dev_id, p in sorted(site.room_pollers.get(room_id, {}).items()):
+        rows.append(
+            DeviceRow(
+                poller=p,
+                age=None if not p.read_at else max(0.0, now - p.read_at),
+                alerts=[a for a in alerts if a.device == dev_id],
+                specs=p.driver.command_specs(),
+            )
+        )
+    return rows
+
+
+def fmt_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return "—" if value is None else str(value)
+
+
+def fmt_answer(result: Any) -> str:
+    """A device's answer to a command, for a person: `projector_power: warming`."""
+    if isinstance(result, dict):
+        return ", ".join(f"{k}: {fmt_value(v)}" for k, v in result.items()) or "ok"
+    return fmt_value(result) if result is not None else "ok"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+CSV_COLUMNS = (
+    "alert",
+    "room",
+    "device",
+    "metric",
+    "severity",
+    "message",
+    "raised",
+    "acknowledged",
+    "acknowledged_by",
+    "escalations",
+    "cleared",
+    "reason",
+    "time_to_acknowledge_s",
+    "time_to_clear_s",
+)
+
+
+def _cell(value: Any) -> Any:
+    # A cell a spreadsheet would run as a formula (device text can be anything): quoted.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def incidents_csv(rows: list[Incident]) -> bytes:
+    buffer = io.StringIO()
+    out = csv.writer(buffer)
+    out.writerow(CSV_COLUMNS)
+    for r in rows:
+        out.writerow(
+            [
+                _cell(v)
+                for v in (
+                    r.alert,
+                    r.room,
+                    r.device,
+                    r.metric,
+                    r.severity,
+                    r.message,
+                    iso(r.raised),
+                    "" if r.acked is None else iso(r.acked),
+                    r.acked_by or "",
+                    r.escalations,
+                    "" if r.cleared is None else iso(r.cleared),
+                    r.reason or "",
+                    "" if r.to_ack is None else f"{r.to_ack:.1f}",
+                    "" if r.to_clear is None else f"{r.to_clear:.1f}",
+                )
+            ]
+        )
+    return buffer.getvalue().encode("utf-8-sig")  # with a BOM: Excel reads Chinese right
