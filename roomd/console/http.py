@@ -192,7 +192,9 @@ class HttpServer:
             if event is h11.NEED_DATA:
                 try:
                     async with asyncio.timeout(timeout):
-                        data = await reader.read(16384)
+                        # Small reads while the head comes: h11 bounds only what it buffers
+                        # unparsed, so a big read could carry a whole oversized head past it.
+                        data = await reader.read(4096 if head is None else 16384)
                 except TimeoutError:
                     if head is None and not conn.they_are_waiting_for_100_continue:
                         return None  # an idle kept-alive connection: just close it
