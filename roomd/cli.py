@@ -346,9 +346,83 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def _since(text: str | None) -> float | None:
+    from datetime import UTC, datetime
+
+    if not text:
+        return 0.0
+    try:
+        day = datetime.fromisoformat(text)
+    except ValueError:
+        print(f"--since: expected a date like 2026-11-01, got {text!r}", file=sys.stderr)
+        return None
+    return (day if day.tzinfo else day.replace(tzinfo=UTC)).timestamp()
+
+
+def cmd_report_incidents(args: argparse.Namespace) -> int:
+    """Alerts with time to acknowledge and to clear (STANDARD §3: the 1- and 5-minute rules)."""
+    from .console.views import incidents_csv
+    from .daemon.store import Store
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    since = _since(args.since)
+    if since is None:
+        return 2
+    store = Store(cfg.state_dir)
+    try:
+        rows = store.incidents(since, limit=1_000_000)
+    finally:
+        store.close()
+    if args.format == "csv":
+        sys.stdout.write(incidents_csv(rows).decode("utf-8-sig"))
+        return 0
+    acked = [r.to_ack for r in rows if r.to_ack is not None]
+    cleared = [r.to_clear for r in rows if r.to_clear is not None]
+    print(f"{len(rows)} alerts; {len(acked)} acknowledged, {len(cleared)} cleared")
+    if acked:
+        late = sum(1 for t in acked if t > 60)
+        print(f"time to acknowledge: median {_median(acked):.0f} s, over 1 min: {late}")
+    if cleared:
+        late = sum(1 for t in cleared if t > 300)
+        print(f"time to clear: median {_median(cleared):.0f} s, over 5 min: {late}")
+    for r in rows:
+        to_ack = "—" if r.to_ack is None else f"{r.to_ack:.0f} s"
+        to_clear = "open" if r.to_clear is None else f"{r.to_clear:.0f} s"
+        print(f"[{r.severity}] {r.alert}  ack {to_ack} ({r.acked_by or '-'})  clear {to_clear}")
+    return 0
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def cmd_console_hash_password(args: argparse.Namespace) -> int:
+    """An argon2 hash for a console user's `password_hash` (the password from stdin or a
+    prompt; never an argument, which `ps` would show)."""
+    import getpass
+
+    from .console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("roomd console hash-password: the two entries differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        print("roomd console hash-password: use 8 characters or more", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def cmd_report_usage(args: argparse.Namespace) -> int:
     import csv
-    from datetime import UTC, datetime
 
     from .daemon.clock import iso
     from .daemon.store import Store
@@ -356,14 +430,9 @@ def cmd_report_usage(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return 2
-    since = 0.0
-    if args.since:
-        try:
-            day = datetime.fromisoformat(args.since)
-        except ValueError:
-            print(f"--since: expected a date like 2026-11-01, got {args.since!r}", file=sys.stderr)
-            return 2
-        since = (day if day.tzinfo else day.replace(tzinfo=UTC)).timestamp()
+    since = _since(args.since)
+    if since is None:
+        return 2
     store = Store(cfg.state_dir)
     try:
         rows = store.usage(since)
@@ -632,6 +701,18 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--format", choices=["csv", "md"], default="md")
     _config_arg(u)
     u.set_defaults(func=cmd_report_usage)
+    i = reports.add_parser("incidents", help="alerts: time to acknowledge and to clear")
+    i.add_argument("--since", help="a date, e.g. 2026-11-01")
+    i.add_argument("--format", choices=["text", "csv"], default="text")
+    _config_arg(i)
+    i.set_defaults(func=cmd_report_incidents)
+
+    p = sub.add_parser("console", help="the help-desk web console")
+    consoles = p.add_subparsers(dest="console_command", required=True, metavar="COMMAND")
+    h = consoles.add_parser(
+        "hash-password", help="print an argon2 hash of a password read from stdin"
+    )
+    h.set_defaults(func=cmd_console_hash_password)
 
     p = sub.add_parser("analyze", help="measure a WAV recording: level, SNR, dropouts, hum")
     p.add_argument("file", type=Path)

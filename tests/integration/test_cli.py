@@ -190,9 +190,29 @@ def test_run_exit_codes(tmp_path: Path) -> None:
     assert run.returncode == 2
 
 
+def console_login(url: str, user: str, password: str) -> str:
+    """Log in through the console's form like a browser; the fleet page's HTML."""
+    import http.cookiejar
+    import urllib.parse
+    import urllib.request
+
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    with opener.open(url + "login", timeout=10) as r:
+        token = re.search(r'name="csrf" value="([\w-]+)"', r.read().decode())
+    assert token
+    form = urllib.parse.urlencode({"csrf": token.group(1), "user": user, "password": password})
+    with opener.open(url + "login", data=form.encode(), timeout=10) as r:
+        assert r.geturl() == url, r.geturl()
+        return str(r.read().decode())
+
+
 def test_every_command_has_help() -> None:
-    for cmd in ("run", "validate", "simulate", "demo", "ack", "check", "analyze", "simctl"):
-        out = subprocess.run([*ROOMD, cmd, "--help"], capture_output=True, text=True, timeout=30)
+    commands = ("run", "validate", "simulate", "demo", "ack", "check", "analyze", "simctl")
+    for cmd in (*commands, "console", "report", "report incidents", "console hash-password"):
+        out = subprocess.run(
+            [*ROOMD, *cmd.split(), "--help"], capture_output=True, text=True, timeout=30
+        )
         assert out.returncode == 0 and "usage: roomd" in out.stdout
 
 
@@ -233,6 +253,15 @@ def test_demo_shows_alerts_and_roomd_check_answers_against_its_rooms(tmp_path: P
     assert "Pre-meeting check: City Hall 301 (r301)" in text and "Result:  READY" in text
     for item in ("power-on test", "sound check: sound level", "answers", "CO2"):
         assert item in text
+    # The console, as printed: its address and the login made for this run.
+    console = re.search(
+        r"Console:\s+(http://127\.0\.0\.1:\d+/)\s+log in as (\w+), password (\S+)", header
+    )
+    assert console, header
+    fleet = console_login(console.group(1), console.group(2), console.group(3))
+    assert "City Hall 301" in fleet and "City Hall 303" in fleet
+    incidents = sh(check_line.group(1).replace("check r301", "report incidents"))
+    assert incidents.returncode == 0 and " alerts; " in incidents.stdout, incidents.stderr
     assert sh(fault_line.group(1)).returncode == 0
     failed = sh(check_line.group(1) + " --format json")
     assert failed.returncode == 1, failed.stderr

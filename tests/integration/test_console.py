@@ -330,3 +330,42 @@ async def test_forms_need_a_session_token_and_the_same_origin(
         await asyncio.to_thread(get, "/logout", data=f"csrf={csrf.group(1)}".encode(), headers=jar)
         assert (await asyncio.to_thread(get, "/", headers=jar))[0] == 303
         assert json.loads(json.dumps(daemon.health()))["devices"] == 1
+
+
+async def test_console_over_tls(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    import ssl
+
+    import yaml
+
+    from tests.integration.test_mqtt_tls import make_ca, make_cert
+
+    await asyncio.to_thread(make_ca, tmp_path, "ca")
+    await asyncio.to_thread(make_cert, tmp_path, "ca", "console")
+    sim = await PJLinkSim(ProjectorState()).start()
+    try:
+        path = console_config(tmp_path, mosquitto, sim)
+        raw = yaml.safe_load(path.read_text())
+        raw["console"]["tls_cert_file"] = str(tmp_path / "console.crt")
+        raw["console"]["tls_key_file"] = str(tmp_path / "console.key")
+        write_config(path, raw)
+        async with running(path) as daemon:
+            assert daemon.console is not None
+            url = daemon.console.url
+            assert url.startswith("https://127.0.0.1:")
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+
+            def fetch(u: str) -> tuple[int, str]:
+                with urllib.request.urlopen(u, context=ctx, timeout=5) as r:
+                    return r.status, r.headers["set-cookie"]
+
+            status, cookie = await asyncio.to_thread(fetch, url + "login")
+            assert status == 200 and "Secure" in cookie
+            # Plain HTTP to the TLS port gets nothing usable.
+            plain = url.replace("https://", "http://") + "login"
+            try:
+                await asyncio.to_thread(_http, plain)
+                raise AssertionError("plain HTTP was answered on the TLS port")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+    finally:
+        await sim.stop()
