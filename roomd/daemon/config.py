@@ -220,6 +220,9 @@ class ConsoleUser(_Strict):
     def _one_secret(self) -> ConsoleUser:
         if not (self.password_hash or self.password_hash_file or self.token_file):
             raise ValueError("needs password_hash, password_hash_file or token_file")
+        for path in (self.password_hash_file, self.token_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
         return self
 
 

@@ -53,8 +53,17 @@ def for_shard(cfg: SiteConfig, i: int, n: int) -> SiteConfig:
     if n == 1:
         return dataclasses.replace(cfg, shard=None)
     rooms = tuple(r for r in cfg.rooms if shard_of(r.id, n, cfg.shard_map) == i)
+    console = cfg.console
+    if console.enabled and console.port:
+        # One console per shard, showing its rooms: shard i on the configured port + i − 1.
+        listen = f"{console.listen.rpartition(':')[0]}:{console.port + i - 1}"
+        console = console.model_copy(update={"listen": listen})
     return dataclasses.replace(
-        cfg, rooms=rooms, state_dir=cfg.state_dir / f"shard-{i}-of-{n}", shard=(i, n)
+        cfg,
+        rooms=rooms,
+        state_dir=cfg.state_dir / f"shard-{i}-of-{n}",
+        shard=(i, n),
+        console=console,
     )
 
 

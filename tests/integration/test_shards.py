@@ -209,6 +209,10 @@ def test_shard_arguments_and_assignment(tmp_path: Path) -> None:
                 "site": "hq",
                 "state_dir": str(tmp_path / "state"),
                 "shard_map": {"a": 3},
+                "console": {
+                    "enabled": True,
+                    "users": [{"name": "t", "password_hash": "$argon2id$v=19$x"}],
+                },
                 "rooms": [{"id": "a"}, {"id": "b"}],
             },
         )
@@ -218,3 +222,5 @@ def test_shard_arguments_and_assignment(tmp_path: Path) -> None:
     shards = [for_shard(cfg, i, 3) for i in (1, 2, 3)]
     assert "a" in [r.id for r in shards[2].rooms] and shards[2].state_dir.name == "shard-3-of-3"
     assert sorted(r.id for s in shards for r in s.rooms) == ["a", "b"]  # each room once
+    # One console per shard, each on a port of its own.
+    assert [s.console.listen for s in shards] == [f"127.0.0.1:{p}" for p in (9881, 9882, 9883)]
