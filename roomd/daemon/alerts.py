@@ -335,7 +335,7 @@ class AlertBook:
         if alert is None:
             return None
         if alert.state == "acknowledged":
-            return Transition("acknowledged", alert)
+            return Transition("acknowledged", alert, "again")
         alert.state = "acknowledged"
         alert.ts = iso(self.clock.time())
         if by:

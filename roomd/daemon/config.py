@@ -205,6 +205,105 @@ class HomeAssistantConfig(_Strict):
     login: str | None = Field(None, pattern=r"^[A-Za-z0-9_.@-]+$")
 
 
+Grade = Literal["I", "II", "III", "IV"]
+_CLOCK = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+class NotifyTarget(_Strict):
+    """Where a notification goes: an Apprise URL (mailto://, wecombot://, dingtalk://,
+    feishu://, slack://, msteams://, ntfy://, json://, ...), inline or, as it holds secrets,
+    from a file."""
+
+    url: SecretStr | None = None
+    url_file: Path | None = None
+    language: Literal["en", "zh-CN"] | None = None
+
+    @model_validator(mode="after")
+    def _one_url(self) -> NotifyTarget:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("give url or url_file (one of them)")
+        if self.url_file is not None and not self.url_file.is_file():
+            raise ValueError(f"{self.url_file}: no such file")
+        return self
+
+    def secret(self) -> str:
+        if self.url_file is not None:
+            return self.url_file.read_text(encoding="utf-8").strip()
+        assert self.url is not None
+        return self.url.get_secret_value()
+
+
+class NotifyTier(_Strict):
+    after: Duration = 0.0  # since the raise, while nobody has acknowledged
+    targets: list[str] = Field(min_length=1)
+
+
+class QuietHours(_Strict):
+    start: str = Field(pattern=_CLOCK)  # local time, "22:00"
+    end: str = Field(pattern=_CLOCK)  # "07:00"
+    grades: list[Grade] = ["I", "II"]  # still sent at once; others wait for the end
+
+
+class NotifyMatch(_Strict):
+    grades: list[Grade] = ["I", "II", "III"]
+    rooms: list[str] = ["*"]  # globs over room ids and groups
+    kinds: list[str] = []  # device kinds (pjlink, modbus, ...); empty: any
+    metrics: list[str] = []  # globs; empty: any
+    in_meeting: Literal["any", "yes", "no"] = "any"
+
+
+class NotifyRoute(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
+    match: NotifyMatch = Field(default_factory=NotifyMatch)
+    tiers: list[NotifyTier] = Field(min_length=1, max_length=6)
+    repeat: Duration | None = None  # again to the last tier reached, while unacknowledged
+    quiet_hours: QuietHours | None = None
+    language: Literal["en", "zh-CN"] | None = None
+
+    @field_validator("tiers")
+    @classmethod
+    def _ascending(cls, tiers: list[NotifyTier]) -> list[NotifyTier]:
+        afters = [t.after for t in tiers]
+        if afters != sorted(afters) or len(set(afters)) != len(afters):
+            raise ValueError("tiers must come later one after another (after: 0s, 5m, 15m)")
+        return tiers
+
+
+class RateLimit(_Strict):
+    messages: int = Field(20, ge=1)  # per target ...
+    per: Duration = 3600.0  # ... in this window; more are sent as one summary
+
+
+class Digest(_Strict):
+    at: str = Field("08:30", pattern=_CLOCK)  # local time, daily
+    grades: list[Grade] = ["IV"]
+    targets: list[str] = Field(min_length=1)
+
+
+class NotificationsConfig(_Strict):
+    """People in the loop (STANDARD §3: on-site → organiser → security centre within a
+    minute, reported again and again until solved)."""
+
+    targets: dict[str, NotifyTarget] = {}
+    routes: list[NotifyRoute] = []
+    rate_limit: RateLimit = Field(default_factory=RateLimit)
+    digest: Digest | None = None
+    # Where "acknowledge" links point (the console's address as people reach it).
+    console_url: str | None = None
+
+    @model_validator(mode="after")
+    def _known_targets(self) -> NotificationsConfig:
+        named = [t for r in self.routes for tier in r.tiers for t in tier.targets]
+        named += self.digest.targets if self.digest else []
+        unknown = sorted(set(named) - set(self.targets))
+        if unknown:
+            raise ValueError(f"unknown targets {unknown}; known: {sorted(self.targets)}")
+        names = [r.name for r in self.routes]
+        if len(names) != len(set(names)):
+            raise ValueError("route names must be unique")
+        return self
+
+
 class ConsoleUser(_Strict):
     """A console login: a password hash (argon2, from `roomd console hash-password`) or a
     token in a file (for a kiosk or a script); never a plain password in the config."""
@@ -291,6 +390,7 @@ class _SiteModel(_Strict):
     escalation: EscalationConfig = Field(default_factory=EscalationConfig)
     meetings: MeetingsConfig = Field(default_factory=MeetingsConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     # The language people read: the console, reports and notifications (zh-CN or en).
     language: Literal["en", "zh-CN"] = "en"
     # Who may command which room and device, and push bookings (daemon/authz.py). Absent: any
@@ -338,6 +438,7 @@ class SiteConfig:
     authorization: AuthorizationConfig | None = None
     shard_map: dict[str, int] = field(default_factory=dict)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    notifications: NotificationsConfig = field(default_factory=NotificationsConfig)
     language: str = "en"
     shard: tuple[int, int] | None = None  # (i, n): this instance polls shard i of n
 
@@ -587,6 +688,7 @@ def _validate(path: Path, doc: Located) -> SiteConfig:
         authorization=site.authorization,
         shard_map=dict(site.shard_map),
         console=site.console,
+        notifications=site.notifications,
         language=site.language,
     )
 

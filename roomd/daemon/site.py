@@ -23,7 +23,7 @@ from .shards import shard_of
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
 from .sinks.prometheus import Metrics
-from .store import Pending, Store
+from .store import Pending, Store, epoch
 
 if TYPE_CHECKING:
     from .engine import Polled
@@ -232,6 +232,8 @@ class Site:
         for t in transitions:
             a = t.alert
             rooms.add(a.room)
+            if (t.kind == "acknowledged" and t.reason != "again") or t.kind == "cleared":
+                self._response_time(t)
             if t.kind == "raised":
                 log.warning("alert %s [%s] %s", a.id, a.severity, a.message)
             else:
@@ -244,6 +246,14 @@ class Site:
                     room_listener(room)
             for listener in self.transition_listeners:
                 listener(transitions)
+
+    def _response_time(self, t: Transition) -> None:
+        a = t.alert
+        took = max(0.0, epoch(a.ts) - epoch(a.since))
+        histogram = (
+            self.metrics.time_to_ack if t.kind == "acknowledged" else self.metrics.time_to_clear
+        )
+        histogram.labels(self.config.site, a.severity).observe(took)
 
     def room_reading(self, room_id: str, readings: Readings, detail: str = "") -> None:
         """A reading about the room itself (device `_room`): rules, metrics."""

@@ -57,6 +57,33 @@ class Incident:
         return None if self.cleared is None else self.cleared - self.raised
 
 
+@dataclass(slots=True, frozen=True)
+class Notification:
+    """A message decided for a person: which alert's life, route, tier, kind, target."""
+
+    alert: str
+    since: str
+    route: str
+    tier: int
+    kind: str  # raised | escalated | repeat | cleared | digest
+    target: str
+    title: str
+    body: str
+    at: float
+
+
+@dataclass(slots=True, frozen=True)
+class QueuedNotification:
+    id: int
+    alert: str
+    target: str
+    title: str
+    body: str
+    attempts: int
+    created: float
+    kind: str
+
+
 def epoch(ts: str) -> float:
     """An ISO time of ours (`2026-11-30T16:18:16.123Z`) → epoch seconds."""
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
@@ -136,6 +163,16 @@ class Store:
                 escalations INTEGER NOT NULL DEFAULT 0, cleared REAL, reason TEXT,
                 PRIMARY KEY (alert, since));
             CREATE INDEX IF NOT EXISTS incidents_raised ON incidents (raised);
+            -- Notifications to people (Apprise targets): written when decided, sent by the
+            -- deliverer, retried until sent; a restart neither repeats nor loses one.
+            CREATE TABLE IF NOT EXISTS notifications (
+                id INTEGER PRIMARY KEY, alert TEXT NOT NULL, since TEXT NOT NULL,
+                route TEXT NOT NULL, tier INTEGER NOT NULL, kind TEXT NOT NULL,
+                target TEXT NOT NULL, title TEXT NOT NULL, body TEXT NOT NULL,
+                state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+                next_at REAL NOT NULL, created REAL NOT NULL, sent_at REAL, error TEXT,
+                UNIQUE (alert, since, route, tier, kind, target));
+            CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_at);
             CREATE TABLE IF NOT EXISTS meeting_actions (
                 booking TEXT NOT NULL, action TEXT NOT NULL, ts REAL NOT NULL,
                 PRIMARY KEY (booking, action));
@@ -209,6 +246,93 @@ class Store:
             "DELETE FROM incidents WHERE cleared IS NOT NULL AND cleared < ?", (before,)
         )
         return cur.rowcount
+
+    # ---- notifications -------------------------------------------------------------------------
+
+    def queue_notifications(self, rows: Iterable[Notification]) -> int:
+        """Queue what was decided; one already decided (same alert, route, tier, kind and
+        target) is not queued twice. The number queued."""
+        cur = self.db.executemany(
+            "INSERT OR IGNORE INTO notifications (alert, since, route, tier, kind, target,"
+            " title, body, next_at, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (n.alert, n.since, n.route, n.tier, n.kind, n.target, n.title, n.body, n.at, n.at)
+                for n in rows
+            ],
+        )
+        return cur.rowcount
+
+    def notified(self, alert: str, since: str) -> list[tuple[str, int, str, str]]:
+        """(route, tier, kind, target) already decided for one alert's life."""
+        rows = self.db.execute(
+            "SELECT route, tier, kind, target FROM notifications WHERE alert = ? AND since = ?",
+            (alert, since),
+        )
+        return [(r, t, k, g) for r, t, k, g in rows]
+
+    def last_sent(self, alert: str, since: str, route: str) -> float | None:
+        row = self.db.execute(
+            "SELECT MAX(created) FROM notifications WHERE alert = ? AND since = ? AND route = ?",
+            (alert, since, route),
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def due_notifications(self, now: float, limit: int = 100) -> list[QueuedNotification]:
+        rows = self.db.execute(
+            "SELECT id, alert, target, title, body, attempts, created, kind FROM notifications"
+            " WHERE state = 'pending' AND next_at <= ? ORDER BY id LIMIT ?",
+            (now, limit),
+        ).fetchall()
+        return [QueuedNotification(*r) for r in rows]
+
+    def notification_sent(self, ids: Iterable[int], at: float) -> None:
+        self.db.executemany(
+            "UPDATE notifications SET state = 'sent', sent_at = ?, attempts = attempts + 1,"
+            " error = NULL WHERE id = ?",
+            [(at, i) for i in ids],
+        )
+
+    def notification_failed(self, ids: Iterable[int], next_at: float | None, error: str) -> None:
+        """A failed attempt: tried again at `next_at`, or given up (None)."""
+        self.db.executemany(
+            "UPDATE notifications SET attempts = attempts + 1, error = ?, next_at = ?,"
+            " state = ? WHERE id = ?",
+            [(error[:500], next_at or 0.0, "pending" if next_at else "failed", i) for i in ids],
+        )
+
+    def postpone_notifications(self, ids: Iterable[int], next_at: float) -> None:
+        self.db.executemany(
+            "UPDATE notifications SET next_at = ? WHERE id = ?", [(next_at, i) for i in ids]
+        )
+
+    def notifications_pending(self) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM notifications WHERE state = 'pending'")
+        return int(row.fetchone()[0])
+
+    def notifications_log(self, since: float = 0.0) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT alert, route, tier, kind, target, state, attempts, created, sent_at, error"
+            " FROM notifications WHERE created >= ? ORDER BY id",
+            (since,),
+        )
+        keys = (
+            "alert",
+            "route",
+            "tier",
+            "kind",
+            "target",
+            "state",
+            "attempts",
+            "created",
+            "sent_at",
+            "error",
+        )
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def purge_notifications(self, before: float) -> None:
+        self.db.execute(
+            "DELETE FROM notifications WHERE state != 'pending' AND created < ?", (before,)
+        )
 
     def record_signin(self, row: SigninRow, messages: Iterable[Pending]) -> bool:
         """Store a sign-in and its event in one transaction. False: this card had already

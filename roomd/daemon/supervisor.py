@@ -40,10 +40,12 @@ from .inbound import LogLimiter
 from .instances import Instances
 from .meetings import MeetingPlanner
 from .model import Transition
+from .notifications import NotificationPlanner
 from .shards import shard_label
 from .signins import SigninService
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
+from .sinks.notify import Delivery
 from .sinks.prometheus import HttpServer, Metrics
 from .site import Poller, Site
 from .store import Pending, Store
@@ -106,6 +108,26 @@ class Daemon:
         self.mqtt.extra_topics[f"{self.mqtt.base}/_daemon/instances"] = self.instances.heard
         self.mqtt.on_connected.append(self.instances.announce)
         self.console = self._console() if config.console.enabled else None
+        self.delivery = Delivery(
+            config.notifications,
+            self.store,
+            self.clock.time,
+            config.language,
+            on_failing=self._notifications_failing,
+            count=lambda target, outcome: self.metrics.notifications.labels(
+                config.site, target, outcome
+            ).inc(),
+        )
+        self.delivery.restored = {
+            a.room for a in self.book.active.values() if a.metric == "notification_failed"
+        }
+        self.notifier = NotificationPlanner(self.site, config.notifications, self.delivery.kick)
+        self.site.transition_listeners.append(self.notifier.on_transitions)
+
+    def _notifications_failing(self, room_id: str, detail: str | None) -> None:
+        if self.site.owns_room(room_id):
+            value = "failing" if detail else None
+            self.room_reading(room_id, {"notification_failed": value}, detail or "")
 
     def _console(self) -> Console:
         from ..console.app import Backend, Console  # only a site that enables it pays
@@ -170,6 +192,7 @@ class Daemon:
         if self.console is not None:
             await self.console.start()
         self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
+        self.metrics.notifications_pending.set_function(self.store.notifications_pending)
         # list(): one C-level copy, safe while the scrape runs in its thread.
         self.metrics.count_alerts_at_scrape(
             lambda: Counter(a.severity for a in list(self.book.active.values()))
@@ -189,6 +212,8 @@ class Daemon:
                 tg.create_task(self.mqtt.run_drainer(), name="mqtt-outbox")
                 tg.create_task(self._housekeeping_loop(), name="housekeeping")
                 tg.create_task(self._lag_loop(), name="loop-lag")
+                if self.notifier.enabled:
+                    tg.create_task(self.delivery.run(), name="notifications")
                 self._apply(cfg, first=True)
                 tg.create_task(self.meetings.run(), name="meetings")
                 self.discovery.publish()
@@ -258,7 +283,8 @@ class Daemon:
             self.room_pollers.get(key[0], {}).pop(key[1], None)
             self._stop_poller(self.pollers.pop(key), "device removed from config")
         if first:
-            configured = set(wanted)
+            # Room-level alerts (a failed check, a conflict, bookings) belong to the room.
+            configured = set(wanted) | {(room.id, ROOM_DEVICE) for room in cfg.rooms}
             orphans = {
                 (a.room, a.device)
                 for a in self.book.active.values()
@@ -375,9 +401,11 @@ class Daemon:
             if self.clock.monotonic() >= hourly:
                 self.purge_signins()
                 self.store.purge_incidents(self.clock.time() - INCIDENT_RETENTION)
+                self.store.purge_notifications(self.clock.time() - INCIDENT_RETENTION)
                 self.check_inspections()
                 hourly = self.clock.monotonic() + 3600
             self.escalate_due()
+            self.notifier.tick()
             await asyncio.sleep(5)
 
     # ---- commands ----------------------------------------------------------------------------

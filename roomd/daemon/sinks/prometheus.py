@@ -71,6 +71,31 @@ class Metrics:
             "all wait this long)",
             registry=r,
         )
+        # STANDARD §3: the chain informed within 1 minute, diagnosis started within 5.
+        response = (10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+        self.time_to_ack = Histogram(
+            "roomd_alert_time_to_acknowledge_seconds",
+            "From an alert's raise to its first acknowledgement",
+            ("site", "severity"),
+            buckets=response,
+            registry=r,
+        )
+        self.time_to_clear = Histogram(
+            "roomd_alert_time_to_clear_seconds",
+            "From an alert's raise to its clear",
+            ("site", "severity"),
+            buckets=response,
+            registry=r,
+        )
+        self.notifications = Counter(
+            "roomd_notifications",
+            "Notifications to people: sent, failed (tried again), given_up",
+            ("site", "target", "outcome"),
+            registry=r,
+        )
+        self.notifications_pending = Gauge(
+            "roomd_notifications_pending", "Notifications waiting to be sent", registry=r
+        )
         self.commands_refused = Counter(
             "roomd_commands_refused",
             "Commands and bookings not obeyed: malformed, unauthorised, bad signature, replayed",
