@@ -428,7 +428,7 @@ class Console:
         alerts = views.alerts_by_room(self.site).get(room_id, [])
         rows = views.device_rows(self.site, room_id, alerts)
         check = self.backend.last_check().get(room_id)
-        status_name = views.room_status([r.poller for r in rows], alerts, check)
+        status_name = views.room_status([r.poller for r in rows], alerts)
         now = self.site.clock.time()
         bookings = [b for b in self.backend.bookings(room_id) if b.end >= now][:10]
         return self._page(

@@ -15,7 +15,7 @@ from ..daemon.bookings import Booking
 from ..daemon.clock import iso
 from ..daemon.config import Room
 from ..daemon.model import Alert
-from ..daemon.site import Poller, Site
+from ..daemon.site import Poller, Site, room_state
 from ..daemon.store import Incident
 from ..drivers.base import CommandSpec
 
@@ -63,27 +63,9 @@ def alerts_by_room(site: Site) -> dict[str, list[Alert]]:
     return out
 
 
-def room_status(
-    pollers: Iterable[Poller], alerts: list[Alert], check: dict[str, Any] | None
-) -> str:
-    """offline: no device answers; not ready: a grade I/II alert (a failed check raises one);
-    degraded: any other alert or a device down; ready: none of these."""
-    states = [p.online for p in pollers]
-    if states and all(s is None for s in states):
-        return "unknown"
-    if states and not any(states):
-        return "offline"
-    if any(SEVERITY_ORDER.get(a.severity, 9) <= 1 for a in alerts):
-        return "not_ready"
-    if (
-        check is not None
-        and not check.get("passed", True)
-        and any(a.metric == "room_ready" for a in alerts)
-    ):
-        return "not_ready"
-    if alerts or not all(states):
-        return "degraded"
-    return "ready"
+def room_status(pollers: Iterable[Poller], alerts: list[Alert]) -> str:
+    """The room's state as the site computes it (site.room_state), for a tile."""
+    return room_state([p.online for p in pollers], (a.severity for a in alerts))
 
 
 def tiles(
@@ -104,7 +86,7 @@ def tiles(
                 room=room,
                 name=room.config.name or room.id,
                 group=room_group(room, floor_label),
-                status=room_status(pollers, alerts, check),
+                status=room_status(pollers, alerts),
                 alerts=alerts,
                 devices_up=sum(1 for p in pollers if p.online),
                 devices=len(pollers),

@@ -89,7 +89,7 @@ class SigninService:
         latency = time.perf_counter() - read_at  # durable and handed to MQTT
         cards.add(card)
         att.latencies.setdefault(meeting, []).append(latency)
-        self.site.metrics.signin_latency.observe(latency)
+        self.site.metrics.signin_latency.labels(self.config.site, room.id).observe(latency)
         if name is None:
             log.info("%s: unknown card signed in to %s", room.id, meeting)
         assert isinstance(p.driver, CardReaderDriver)

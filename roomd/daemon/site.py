@@ -10,7 +10,7 @@ transitions. It knows nothing of how devices are polled or how services decide.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomd")
 
 STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this often
+
+
+ROOM_STATES = ("ready", "degraded", "not_ready", "offline", "waiting")
+_MAJOR = frozenset(("I", "II"))
+
+
+def room_state(online: list[bool | None], severities: Iterable[str]) -> str:
+    """What a technician reads first: offline (no device answers), not ready (a grade I/II
+    alert, which a failed check raises), degraded (any other alert or a device down), ready;
+    waiting before every device has been polled once."""
+    if online and all(o is None for o in online):
+        return "waiting"
+    if online and not any(online):
+        return "offline"
+    grades = set(severities)
+    if grades & _MAJOR:
+        return "not_ready"
+    if grades or not all(online):
+        return "degraded"
+    return "ready"
 
 
 @dataclass(eq=False)
@@ -93,6 +113,27 @@ class Site:
         metrics.devices = lambda: [
             (p.room.id, p.config.id, p.online, p.readings) for p in list(self.pollers.values())
         ]
+        metrics.rooms = self.room_samples
+
+    def room_samples(self) -> list[tuple[str, int, bool, list[tuple[str, str, float, bool]]]]:
+        """Per room, for the scrape: state code, in a meeting, effective limits."""
+        severities: dict[str, list[str]] = {}
+        for alert in list(self.book.active.values()):
+            severities.setdefault(alert.room, []).append(alert.severity)
+        out = []
+        for room in self.config.rooms:
+            online = [p.online for p in list(self.room_pollers.get(room.id, {}).values())]
+            state = room_state(online, severities.get(room.id, ()))
+            limits = [
+                (metric, bound, float(value), t.inclusive)
+                for metric, t in room.thresholds.items()
+                if t.enabled
+                for bound, value in (("min", t.min), ("max", t.max))
+                if value is not None
+            ]
+            in_meeting = room.id in self.book.meeting_rooms
+            out.append((room.id, ROOM_STATES.index(state), in_meeting, limits))
+        return out
 
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None

@@ -191,7 +191,7 @@ class Daemon:
         await self.mqtt.start()
         if self.console is not None:
             await self.console.start()
-        self.metrics.outbox.set_function(lambda: self.store.outbox_depth)
+        self.metrics.outbox.labels(cfg.site).set_function(lambda: self.store.outbox_depth)
         self.metrics.notifications_pending.set_function(self.store.notifications_pending)
         # list(): one C-level copy, safe while the scrape runs in its thread.
         self.metrics.count_alerts_at_scrape(

@@ -85,6 +85,10 @@ async def test_every_panel_query_returns_data(tmp_path: Path, mosquitto: Mosquit
         state_dir=str(tmp_path / "state"),
         poll="1s",
     )
+    # A room's own limit (an override) is what its panels draw.
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["rooms"][1].setdefault("thresholds", {})["co2_ppm"] = {"max": 800}
+    cfg_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     daemon = Daemon(load_config(cfg_path))
     task = asyncio.create_task(daemon.run())
     prom_port = free_port()
@@ -147,6 +151,11 @@ async def test_every_panel_query_returns_data(tmp_path: Path, mosquitto: Mosquit
                 empty.append((board, title, expr))
         assert not failed, failed
         assert not empty, empty
+        limits = await query('roomd_limit{metric="co2_ppm", bound="max"}')
+        by_room = {r["metric"]["room"]: r["value"][1] for r in limits["data"]["result"]}
+        assert by_room == {"r301": "1000", "r302": "800"}
+        states = await query("roomd_room_state")
+        assert {r["metric"]["room"] for r in states["data"]["result"]} == {"r301", "r302"}
         # /metrics passes promtool's lint, but for the contract's own names.
         body = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics").read()

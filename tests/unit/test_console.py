@@ -125,12 +125,12 @@ def _alert(severity: str, metric: str = "co2_ppm", state: str = "active") -> Ale
 
 def test_room_states() -> None:
     up, down, waiting = (SimpleNamespace(online=v) for v in (True, False, None))
-    assert views.room_status([up, up], [], None) == "ready"
-    assert views.room_status([up, down], [], None) == "degraded"
-    assert views.room_status([up], [_alert("III")], None) == "degraded"
-    assert views.room_status([up], [_alert("II")], None) == "not_ready"
-    assert views.room_status([down, down], [_alert("II")], None) == "offline"
-    assert views.room_status([waiting], [], None) == "unknown"
+    assert views.room_status([up, up], []) == "ready"
+    assert views.room_status([up, down], []) == "degraded"
+    assert views.room_status([up], [_alert("III")]) == "degraded"
+    assert views.room_status([up], [_alert("II")]) == "not_ready"
+    assert views.room_status([down, down], [_alert("II")]) == "offline"
+    assert views.room_status([waiting], []) == "waiting"
 
 
 def test_room_groups_from_names_or_config() -> None:

@@ -50,6 +50,7 @@ class Metrics:
         self.signin_latency = Histogram(
             "roomd_signin_latency_seconds",
             "Card read to durable record and MQTT hand-off",
+            ("site", "room"),
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
@@ -60,7 +61,10 @@ class Metrics:
             registry=r,
         )
         self.outbox = Gauge(
-            "roomd_mqtt_outbox_messages", "Messages waiting for the MQTT broker", registry=r
+            "roomd_mqtt_outbox_messages",
+            "Messages waiting for the MQTT broker",
+            ("site",),
+            registry=r,
         )
         self.mqtt_connected = Gauge(
             "roomd_mqtt_connected", "1 while connected to the MQTT broker", registry=r
@@ -115,6 +119,7 @@ class Metrics:
         # scraped. Devices come from `devices` (the site's state); `update` keeps the few
         # readings that are not a device's last poll (room-level readings, inspections).
         self.devices: Callable[[], Iterable[DeviceSample]] = lambda: ()
+        self.rooms: Callable[[], Iterable[RoomSample]] = lambda: ()
         self._values: dict[tuple[str, str], dict[str, Any]] = {}
         self._poll_children: dict[str, Any] = {}
         self._collector = _ReadingsCollector(self)
@@ -183,6 +188,8 @@ class PollHistogram:
 
 
 DeviceSample = tuple[str, str, bool | None, Mapping[str, Any]]  # room, device, online, readings
+# room, state code, in a meeting, limits (metric, "min"|"max", value, inclusive)
+RoomSample = tuple[str, int, bool, list[tuple[str, str, float, bool]]]
 
 
 class _ReadingsCollector:
@@ -245,13 +252,43 @@ class _ReadingsCollector:
                 add(room, device, metric, value)
         yield up
         polls = HistogramMetricFamily(
-            "roomd_poll_duration_seconds", "Time to poll one device", labels=("driver",)
+            "roomd_poll_duration_seconds", "Time to poll one device", labels=("site", "driver")
         )
         for driver, histogram in list(self.metrics.poll_duration.items()):
-            polls.add_metric((driver,), histogram.buckets(), histogram.sum)
+            polls.add_metric((site, driver), histogram.buckets(), histogram.sum)
         yield polls
         yield from gauges.values()
         yield from states.values()
+        yield from self._rooms(site)
+
+    def _rooms(self, site: str) -> Iterable[Any]:
+        """Each room's state (what the console's tiles show; `roomd_room_ready{state}` is the
+        last check's verdict, a reading), whether a meeting runs, and its
+        effective limits (profile and overrides), so panels draw the room's own thresholds."""
+        ready = GaugeMetricFamily(
+            "roomd_room_ready",
+            "1 when the room is ready (no grade I-III alert, every device up)",
+            labels=("site", "room"),
+        )
+        state = GaugeMetricFamily(
+            "roomd_room_state",
+            "The room's state: 0 ready, 1 degraded, 2 not ready, 3 offline, 4 waiting",
+            labels=("site", "room"),
+        )
+        meeting = GaugeMetricFamily(
+            "roomd_room_in_meeting", "1 while a booked meeting runs", labels=("site", "room")
+        )
+        limit = GaugeMetricFamily(
+            "roomd_limit",
+            "A room's effective limit for a reading (the standard's, or the room's override)",
+            labels=("site", "room", "metric", "bound", "inclusive"),
+        )
+        for room, code, in_meeting, limits in list(self.metrics.rooms()):
+            state.add_metric((site, room), float(code))
+            meeting.add_metric((site, room), 1.0 if in_meeting else 0.0)
+            for metric, bound, value, inclusive in limits:
+                limit.add_metric((site, room, metric, bound, str(inclusive).lower()), value)
+        yield from (state, meeting, limit)
 
 
 class HttpServer:
