@@ -263,13 +263,8 @@ class _ReadingsCollector:
 
     def _rooms(self, site: str) -> Iterable[Any]:
         """Each room's state (what the console's tiles show; `roomd_room_ready{state}` is the
-        last check's verdict, a reading), whether a meeting runs, and its
-        effective limits (profile and overrides), so panels draw the room's own thresholds."""
-        ready = GaugeMetricFamily(
-            "roomd_room_ready",
-            "1 when the room is ready (no grade I-III alert, every device up)",
-            labels=("site", "room"),
-        )
+        last check's verdict, a reading), whether a meeting runs, and its effective limits
+        (profile and overrides), so panels draw the room's own thresholds."""
         state = GaugeMetricFamily(
             "roomd_room_state",
             "The room's state: 0 ready, 1 degraded, 2 not ready, 3 offline, 4 waiting",
