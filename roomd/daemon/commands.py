@@ -154,7 +154,9 @@ class CommandService:
         result: dict[str, Any] = {"id": cmd_id}
         # A sharded site: every shard hears `_daemon/cmd`; the shard owning the room answers
         # for an alert or a room, every shard for reload and status (with its shard number).
-        room_arg = str(args.get("alert", "")).split(".", 1)[0] if name == "ack" else None
+        room_arg = None
+        if name == "ack":
+            room_arg = str(args.get("room") or str(args.get("alert", "")).split(".", 1)[0])
         if name == "check":
             room_arg = str(args.get("room"))
         if room_arg is not None and not self.site.answers_for(room_arg):
@@ -170,8 +172,13 @@ class CommandService:
                 by = f"{claimed} (unverified)" if claimed else "anonymous"
             else:
                 by = who.name if not claimed or claimed == who.name else f"{who.name} ({claimed})"
-            t = self.acknowledge(str(alert_id), by) if alert_id else None
-            if t is None:
+            if alert_id is None and args.get("room"):
+                # Every active alert of a room (Home Assistant's button, a wall panel).
+                room_id = str(args["room"])
+                ids = sorted(a.id for a in self.site.book.active.values() if a.room == room_id)
+                acked = [t.alert.id for i in ids if (t := self.acknowledge(i, by)) is not None]
+                result.update(ok=True, result={"room": room_id, "acknowledged": acked})
+            elif (t := self.acknowledge(str(alert_id), by) if alert_id else None) is None:
                 result.update(ok=False, error=f"no active alert {alert_id!r}")
             else:
                 result.update(ok=True, result={"alert": t.alert.id, "state": t.alert.state})

@@ -3,10 +3,11 @@ removal for every one published before that is gone; sent again when Home Assist
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .sinks.homeassistant import DeviceInfo, PublishedTopics, discovery_configs
-from .site import Site
+from .site import Poller, Site
 
 
 class HomeAssistantDiscovery:
@@ -14,8 +15,21 @@ class HomeAssistantDiscovery:
         self.site = site
         self.published = PublishedTopics(site.config.state_dir)
         ha = site.config.homeassistant
+        self._again: asyncio.TimerHandle | None = None
         if ha.enabled:
             site.mqtt.extra_topics[f"{ha.prefix}/status"] = self.on_ha_status
+            site.info_listeners.append(self._device_identified)
+
+    def _device_identified(self, _poller: Poller) -> None:
+        """A device said what it is: its HA device gets make, model and firmware. Devices
+        answer their first polls together, so once a second at most."""
+        if self._again is None:
+            loop = asyncio.get_running_loop()
+            self._again = loop.call_later(1.0, self._publish_again)
+
+    def _publish_again(self) -> None:
+        self._again = None
+        self.publish()
 
     def publish(self) -> None:
         """Home Assistant discovery configs for what the config has; removals for the rest."""
@@ -33,6 +47,8 @@ class HomeAssistantDiscovery:
                     p.driver.kind,
                     p.driver.model_name,
                     tuple(p.driver.metrics),
+                    dict(p.driver.info),
+                    tuple(sorted({c.name for c in p.driver.command_specs()})),
                 )
                 for p in self.site.pollers.values()
             ]
@@ -44,6 +60,7 @@ class HomeAssistantDiscovery:
                 devices,
                 ha.login,
                 self.site.mqtt.availability_topic,
+                self.site.config.language,
             )
         for topic, payload in current.items():
             self.site.mqtt.publish_state(topic, payload)

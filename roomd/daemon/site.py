@@ -72,6 +72,7 @@ class Poller:
     polled: Polled | None = None  # the engine's handle
     observe: Callable[[float], None] = field(default=lambda seconds: None, repr=False)
     state_topic: str = ""  # built on first publish
+    info_seen: bool = False  # the device has said what it is (driver.info)
 
     @property
     def parked(self) -> bool:
@@ -109,6 +110,8 @@ class Site:
         # Told the room's id when a device's published state or the room's summary changed
         # (the console's live pages).
         self.room_listeners: list[Callable[[str], None]] = []
+        # Told once per device when it first says what it is (make, model, firmware).
+        self.info_listeners: list[Callable[[Poller], None]] = []
         # Prometheus reads each device's readings when scraped (nothing copied per poll).
         metrics.devices = lambda: [
             (p.room.id, p.config.id, p.online, p.readings) for p in list(self.pollers.values())
@@ -225,6 +228,10 @@ class Site:
             payload["error"] = p.error
         if p.driver.info:
             payload["info"] = p.driver.info
+            if not p.info_seen:
+                p.info_seen = True
+                for info_listener in self.info_listeners:
+                    info_listener(p)
         if not p.state_topic:
             p.state_topic = f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state"
         self.mqtt.publish_state(p.state_topic, payload)

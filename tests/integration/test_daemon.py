@@ -202,9 +202,7 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
             assert 'roomd_device_up{device="climate",room="r301",site="hq"} 1.0' in body
             assert 'roomd_online{device="climate",room="r301",site="hq"} 1.0' in body
             assert 'roomd_alerts_active{severity="III",site="hq"} 1.0' in body
-            assert (
-                'roomd_poll_duration_seconds_bucket{driver="modbus",le="0.01",site="hq"}' in body
-            )
+            assert 'roomd_poll_duration_seconds_bucket{driver="modbus",le="0.01",site="hq"}' in body
             assert 'roomd_mqtt_outbox_messages{site="hq"} 0.0' in body, [
                 line for line in body.splitlines() if "outbox" in line
             ]
