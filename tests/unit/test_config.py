@@ -369,7 +369,17 @@ def test_roomd_validate_and_run_exit_2_on_bad_bytes_without_a_traceback(
 def test_home_assistant_commands_can_carry_its_login() -> None:
     from roomd.daemon.sinks.homeassistant import DeviceInfo, discovery_configs
 
-    dev = DeviceInfo("r301", "City Hall 301", "proj", "", "pjlink", "generic", ("projector_power",))
+    dev = DeviceInfo(
+        "r301",
+        "City Hall 301",
+        "proj",
+        "",
+        "pjlink",
+        "generic",
+        ("projector_power",),
+        {},
+        ("power",),
+    )
     plain = discovery_configs("homeassistant", "roomd/hq", "hq", {"r301": "City Hall 301"}, [dev])
     named = discovery_configs(
         "homeassistant", "roomd/hq", "hq", {"r301": "City Hall 301"}, [dev], "homeassistant"
@@ -377,6 +387,8 @@ def test_home_assistant_commands_can_carry_its_login() -> None:
     topic = "homeassistant/switch/roomd_hq_r301_proj/power/config"
     assert plain[topic]["command_topic"] == "roomd/hq/r301/proj/cmd"
     assert named[topic]["command_topic"] == "roomd/hq/r301/proj/cmd/by/homeassistant"
+    button = "homeassistant/button/roomd_hq_r301_ack/config"
+    assert named[button]["command_topic"] == "roomd/hq/_daemon/cmd/by/homeassistant"
 
 
 def test_authorization_is_checked_before_anything_connects(tmp_path: Path) -> None:
