@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gettext
 import io
+import json
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -39,6 +40,44 @@ def extract_profile_labels(
     for metric, threshold in sorted((data.get("thresholds") or {}).items()):
         if isinstance(threshold, dict) and isinstance(threshold.get("label"), str):
             yield 0, "_", threshold["label"], [f"profile label of {metric}"]
+
+
+Path_ = tuple[str | int, ...]
+
+
+def dashboard_texts(model: dict[str, Any]) -> Iterator[tuple[Path_, str]]:
+    """What a person reads on a Grafana dashboard: its title, panel titles and descriptions,
+    variable labels, annotation names, value-mapping texts and link titles, with where each
+    is in the model (scripts/translate-dashboards writes the Chinese copies from these)."""
+    if model.get("title"):
+        yield ("title",), model["title"]
+    for i, panel in enumerate(model.get("panels", [])):
+        for key in ("title", "description"):
+            if panel.get(key):
+                yield ("panels", i, key), panel[key]
+        defaults = panel.get("fieldConfig", {}).get("defaults", {})
+        for m, mapping in enumerate(defaults.get("mappings", [])):
+            for value, option in mapping.get("options", {}).items():
+                if isinstance(option, dict) and option.get("text"):
+                    path = ("panels", i, "fieldConfig", "defaults", "mappings", m, "options")
+                    yield (*path, value, "text"), option["text"]
+        for k, link in enumerate(defaults.get("links", [])):
+            yield ("panels", i, "fieldConfig", "defaults", "links", k, "title"), link["title"]
+    for j, variable in enumerate(model.get("templating", {}).get("list", [])):
+        if variable.get("label"):
+            yield ("templating", "list", j, "label"), variable["label"]
+    for k, annotation in enumerate(model.get("annotations", {}).get("list", [])):
+        for key in ("name", "titleFormat", "textFormat"):
+            if annotation.get(key):
+                yield ("annotations", "list", k, key), annotation[key]
+
+
+def extract_dashboard_texts(
+    fileobj: Any, keywords: Any, comment_tags: Any, options: Any
+) -> Iterator[tuple[int, str, str, list[str]]]:
+    """A Babel extractor for the dashboards' texts (see babel.cfg)."""
+    for path, text in dashboard_texts(json.load(fileobj)):
+        yield 0, "_", text, [".".join(str(p) for p in path)]
 
 
 def _locale_name(language: str) -> str:

@@ -227,12 +227,36 @@ def test_every_message_has_a_chinese_translation() -> None:
         ("roomd/**.py", "python"),
         ("roomd/console/templates/**.html", "jinja2"),
         ("roomd/profiles/*.yaml", "roomd.i18n:extract_profile_labels"),
+        ("dashboards/grafana/*.json", "roomd.i18n:extract_dashboard_texts"),
     ]
     options = {"roomd/console/templates/**.html": {"extensions": "jinja2.ext.i18n"}}
     found = {
         msg[2] if isinstance(msg[2], str) else msg[2][0]
         for msg in extract_from_dir(str(ROOT), method_map, options)
     }
-    assert len(found) > 150 and "Projector lamp" in found  # a profile label
+    assert len(found) > 200 and "Projector lamp" in found  # a profile label
+    assert "Rooms: ready?" in found  # a dashboard's panel
     missing = sorted(found - translated)
     assert not missing, f"no zh-CN translation for: {missing}"
+
+
+def test_chinese_dashboards_are_current_and_chinese() -> None:
+    """dashboards/grafana/zh-CN/ is written from the English boards through the catalog."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "translate-dashboards"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    fleet = json.loads((ROOT / "dashboards/grafana/zh-CN/fleet.json").read_text())
+    english = json.loads((ROOT / "dashboards/grafana/fleet.json").read_text())
+    assert fleet["title"] == "roomd — 全部会议室" and fleet["uid"] == "roomd-fleet-zh"
+    assert fleet["panels"][0]["title"] == "各会议室是否就绪"
+    mapping = fleet["panels"][0]["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert mapping["2"]["text"] == "未就绪"
+    assert [p["targets"] for p in fleet["panels"]] == [p["targets"] for p in english["panels"]]
