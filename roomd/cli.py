@@ -335,7 +335,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     elif args.format == "html":
         text = render_html(report, cfg.language)
     else:
-        text = render_text(report)
+        text = render_text(report, cfg.language)
     if args.output:
         args.output.write_text(text, encoding="utf-8")
         print(

@@ -35,6 +35,7 @@ from ..daemon.checks import render_html
 from ..daemon.commands import CommandService
 from ..daemon.config import ConsoleConfig
 from ..daemon.model import Transition
+from ..daemon.notify_text import describe
 from ..daemon.site import Site
 from ..drivers.base import CommandError
 from ..i18n import LANGUAGES, translations
@@ -256,6 +257,7 @@ class Console:
         env = _environment(language)
         flash = self._flash.pop(session.token, None) if session is not None else None
         body = env.get_template(template).render(
+            describe=lambda a: describe(a, self.site.label(a.room, a.metric), language),
             site=self.site.config.site,
             session=session,
             language=language,

@@ -255,24 +255,38 @@ def _meeting_line(report: dict[str, Any], gettext: Callable[[str], str] = str) -
     return f"{m.get('title') or m['id']} ({m['start']} – {m['end']}, {m['class']}{who})"
 
 
-def render_text(report: dict[str, Any]) -> str:
-    verdict = "READY" if report["passed"] else "NOT READY"
+def render_text(report: dict[str, Any], language: str = "en") -> str:
+    """The report as text, in the site's language, with the signature line."""
+    _ = translations(language).gettext
+    verdict = _("READY") if report["passed"] else _("NOT READY")
+    name = report.get("room_name") or report["room"]
+    # (Labels first: gettext calls inside f-strings are invisible to the extractor.)
+    title, meeting, level, time_, result = (
+        _("Pre-meeting check"),
+        _("Meeting"),
+        _("Level"),
+        _("Time"),
+        _("Result"),
+    )
+    device, item_, expected, measured = _("device"), _("item"), _("expected"), _("measured")
     lines = [
-        f"Pre-meeting check: {report.get('room_name') or report['room']} ({report['room']})",
-        f"Meeting: {_meeting_line(report)}",
-        f"Level:   {report['level_name']}",
-        f"Time:    {report['ts']}  ({report['duration_s']:g} s)",
-        f"Result:  {verdict}",
+        f"{title}: {name} ({report['room']})",
+        f"{meeting}: {_meeting_line(report, _)}",
+        f"{level}:   {report['level_name']}",
+        f"{time_}:    {report['ts']}  ({report['duration_s']:g} s)",
+        f"{result}:  {verdict}",
         "",
-        f"{'':5}{'device':16}{'item':40}{'expected':18}measured",
+        f"{'':5}{device:16}{item_:40}{expected:18}{measured}",
     ]
+    ok, fail = _("ok"), _("FAIL")
     for item in report["items"]:
-        mark = "ok" if item["passed"] else "FAIL"
+        mark = ok if item["passed"] else fail
         lines.append(
             f"{mark:5}{item['device'][:15]:16}{item['item'][:39]:40}{item['expected'][:17]:18}"
             f"{item['measured']}"
         )
-    lines += ["", "Checked by: ____________________   Signature: ____________________"]
+    checked, signed = _("Checked by"), _("Signature")
+    lines += ["", f"{checked}: ____________________   {signed}: ____________________"]
     return "\n".join(lines) + "\n"
 
 

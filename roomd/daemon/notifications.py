@@ -155,8 +155,7 @@ class NotificationPlanner:
     def _text(self, alert: Alert, kind: str, language: str, waited: float) -> tuple[str, str]:
         room = self.site.config.room(alert.room)
         name = (room.config.name if room else "") or alert.room
-        threshold = room.thresholds.get(alert.metric) if room else None
-        label = threshold.label if threshold is not None else None
+        label = self.site.label(alert.room, alert.metric)
         return render(alert, kind, language, name, label, self.config.console_url, waited)
 
     def _language(self, route: NotifyRoute | None, target: str) -> str:

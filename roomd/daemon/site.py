@@ -138,6 +138,12 @@ class Site:
             out.append((room.id, ROOM_STATES.index(state), in_meeting, limits))
         return out
 
+    def label(self, room_id: str, metric: str) -> str | None:
+        """The profile's readable name of a metric in a room ("Projector lamp")."""
+        room = self.config.room(room_id)
+        threshold = room.thresholds.get(metric) if room is not None else None
+        return threshold.label if threshold is not None and threshold.label else None
+
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None
 

@@ -15,7 +15,7 @@ from babel.messages.pofile import read_po
 
 from roomd.console import views
 from roomd.console.auth import FAILURES_ALLOWED, Gate, hash_password
-from roomd.daemon.checks import render_html
+from roomd.daemon.checks import render_html, render_text
 from roomd.daemon.config import ConsoleConfig
 from roomd.daemon.model import Alert, Transition
 from roomd.daemon.store import Store
@@ -210,6 +210,10 @@ def test_check_report_in_chinese_keeps_the_signature_block() -> None:
     zh = render_html(report, "zh-CN")
     assert "会前检查" in zh and "未就绪" in zh and "检查人" in zh and "签字" in zh
     assert "不合格" in zh and "无预订（临时检查）" in zh
+    text = render_text(report, "zh-CN")
+    assert "会前检查: 市政厅 301 (r301)" in text and "结论:  未就绪" in text
+    assert "检查人: ____" in text and "不合格" in text
+    assert "Result:  NOT READY" in render_text(report)
     en = render_html(report)
     assert "Pre-meeting check" in en and "Signature" in en and "NOT READY" in en
 
