@@ -477,6 +477,28 @@ def cmd_report_usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mqtt_client_setup(client: Any, cfg: SiteConfig) -> None:
+    """The broker login and TLS of the site config, for the CLI's own MQTT clients."""
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.secret())
+    if cfg.mqtt.tls:
+        client.tls_set(
+            ca_certs=str(cfg.mqtt.ca_file) if cfg.mqtt.ca_file else None,
+            certfile=str(cfg.mqtt.cert_file) if cfg.mqtt.cert_file else None,
+            keyfile=str(cfg.mqtt.key_file) if cfg.mqtt.key_file else None,
+        )
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """The live terminal view of a running daemon, from its MQTT topics."""
+    from .top import run_top
+
+    cfg = _load(args)
+    if cfg is None:
+        return 2
+    return run_top(cfg, once=args.once, language=args.lang)
+
+
 def site_command(
     cfg: SiteConfig, command: str, cmd_args: dict[str, Any], timeout: float
 ) -> dict[str, Any] | None:
@@ -518,10 +540,7 @@ def site_command(
             done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"roomd-cli-{cmd_id[:8]}")
-    if cfg.mqtt.username:
-        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.secret())
-    if cfg.mqtt.tls:
-        client.tls_set(ca_certs=str(cfg.mqtt.ca_file) if cfg.mqtt.ca_file else None)
+    _mqtt_client_setup(client, cfg)
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
@@ -722,6 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel", type=int, default=1)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("top", help="live view of a running daemon: rooms, alerts, devices")
+    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--lang", choices=["en", "zh-CN"], help="language (default: the site's)")
+    _config_arg(p)
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
     p.add_argument("alert_id")

@@ -20,23 +20,15 @@ from typing import Any
 import yaml
 from rich.console import Console, Group
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from .console.auth import hash_password
 from .daemon.config import load_config
 from .daemon.supervisor import Daemon
 from .simulators.site import SimControl, SimulatedSite
+from .top import SiteView, follow
 
 log = logging.getLogger("roomd.demo")
-
-SHORT = {
-    "temperature_c": ("T", "°C"),
-    "humidity_pct": ("RH", "%"),
-    "co2_ppm": ("CO2", "ppm"),
-    "illuminance_lux": ("lux", ""),
-    "color_temp_k": ("CCT", "K"),
-}
 
 
 def _port_answers(host: str, port: int) -> bool:
@@ -73,100 +65,6 @@ async def _embedded_broker(port: int) -> Any:
     )
     await broker.start()
     return broker
-
-
-def _fmt_projector(r: dict[str, Any]) -> str:
-    parts = [f"{r.get('projector_power', '?')}"]
-    if "input_resolution" in r and r.get("projector_power") == "on":
-        parts.append(f"in {r.get('input', '?')} {r['input_resolution']}")
-    if "lamp_hours" in r:
-        life = f" ({r['lamp_life_pct']:g}%)" if "lamp_life_pct" in r else ""
-        parts.append(f"lamp {r['lamp_hours']} h{life}")
-    errors = [
-        k.removeprefix("projector_error_") + "=" + str(v)
-        for k, v in r.items()
-        if k.startswith("projector_error_") and v != "ok"
-    ]
-    parts += errors or ["no errors"]
-    return "  ".join(parts)
-
-
-def _fmt_mixer(r: dict[str, Any]) -> str:
-    main = "MUTED" if r.get("main_mute") == "on" else "open"
-    parts = [f"main {main} {r.get('main_fader_db', '?')} dB"]
-    level = r.get("main_level_dbfs")
-    if level is not None:
-        parts.append(f"{level:.0f} dBFS")
-    mics = sorted(k[:4] for k in r if k.startswith("ch") and k.endswith("_mute"))
-    for ch in mics:
-        mute = " muted" if r.get(f"{ch}_mute") == "on" else ""
-        lvl = r.get(f"{ch}_level_dbfs")
-        parts.append(f"{ch} {'-' if lvl is None else f'{lvl:.0f}'}{mute}")
-    if r.get("test_tone") == "on":
-        parts.append("TONE")
-    return "  ".join(parts)
-
-
-def _fmt_probe(r: dict[str, Any]) -> str:
-    def num(key: str, unit: str) -> str:
-        v = r.get(key)
-        return "-" if v is None else f"{v:.1f}{unit}"
-
-    parts = [f"sound {num('sound_level_db', ' dB(A)')}", f"SNR {num('snr_db', ' dB')}"]
-    parts.append(f"floor {num('noise_floor_db', ' dB')}")
-    if r.get("hum_db") is not None:
-        parts.append(f"HUM {r['hum_db']:.0f} dB")
-    if r.get("audio_dropouts"):
-        parts.append(f"{r['audio_dropouts']} dropouts")
-    return "  ".join(parts)
-
-
-def _fmt_readings(readings: dict[str, Any]) -> str:
-    if "projector_power" in readings:
-        return _fmt_projector(readings)
-    if "main_mute" in readings:
-        return _fmt_mixer(readings)
-    if "sound_level_db" in readings:
-        return _fmt_probe(readings)
-    parts = []
-    for metric, value in readings.items():
-        short, unit = SHORT.get(metric, (metric, ""))
-        if isinstance(value, float):
-            value = f"{value:.1f}".rstrip("0").rstrip(".")
-        parts.append(f"{short} {value}{unit}")
-    return "  ".join(parts)
-
-
-def _table(daemon: Daemon) -> Table:
-    table = Table(expand=True, title=f"roomd demo: site {daemon.config.site}", title_justify="left")
-    table.add_column("room")
-    table.add_column("device")
-    table.add_column("state")
-    table.add_column("readings", ratio=3)
-    table.add_column("alerts", ratio=2)
-    previous = ""
-    for row in daemon.snapshot():
-        room = row["room"]
-        if room != previous:
-            n = daemon.room_summary(room).get("attendees")
-            label = f"{room}\n{n} signed in" if n is not None else room
-            previous = room
-        else:
-            label = ""
-        if row["online"] is None:
-            state = Text("…", style="dim")
-        elif row["online"]:
-            state = Text("online", style="green")
-        else:
-            state = Text("OFFLINE", style="bold red")
-        alerts = Text()
-        for a in row["alerts"]:
-            alerts.append(
-                f"[{a.severity}] {a.message}\n",
-                style="red" if a.severity in ("I", "II") else "yellow",
-            )
-        table.add_row(label, row["device"], state, _fmt_readings(row["readings"]), alerts)
-    return table
 
 
 async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
@@ -241,8 +139,14 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
         "Ctrl-C to stop."
     )
 
+    # The same view as `roomd top`, fed from the demo's broker.
+    site_view = SiteView(daemon.config)
+    follower, _ = follow(site_view, daemon.config, mqtt_port)
+
     def view() -> Group:
-        return Group(header, _table(daemon), Text("\n".join(events), style="cyan"))
+        room_for = max(10, console.size.height - 8 - len(events))
+        lines = site_view.render(console.size.width, room_for, daemon.config.language, time.time())
+        return Group(header, *lines, Text("\n".join(events), style="cyan"))
 
     started = time.monotonic()
     try:
@@ -261,10 +165,14 @@ async def run_demo(duration: float | None = None, rooms: int = 3) -> int:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 5)
-                console.print(_table(daemon))
+                lang = daemon.config.language
+                for line in site_view.render(console.width, 10_000, lang, time.time()):
+                    print(line.plain)
                 while events:
                     console.print(events.popleft())
     finally:
+        follower.loop_stop()
+        follower.disconnect()
         daemon.stop()
         with contextlib.suppress(Exception):
             await task

@@ -80,6 +80,7 @@ class MeetingPlanner:
         self._last_tick: float | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._push_seq: dict[str, int] = {}
+        self._announced: dict[str, dict[str, Any]] = {}  # room → last `meeting` message
         self.calendars = CalendarWorker()
         self.configure(site.config)
 
@@ -234,6 +235,7 @@ class MeetingPlanner:
             else:
                 d.book.meeting_rooms.add(room.id)
                 self._track(room, running, dt)
+            self._announce(room.id, running, rb.next_after(now))
             sealed = self.sealed(room.id, now)
             if sealed is None and room.id in d.sealed_rooms:
                 d.sealed_rooms.discard(room.id)
@@ -242,6 +244,17 @@ class MeetingPlanner:
                 d.sealed_rooms.add(room.id)
             for b in rb.all():
                 self._due(room, rb, b, now)
+
+    def _announce(self, room_id: str, running: Booking | None, upcoming: Booking | None) -> None:
+        """The room's running and next meeting, retained on `{room}/meeting` when it changes
+        (for `roomd top` and room panels)."""
+        meeting = {
+            "current": running.as_dict() if running else None,
+            "next": upcoming.as_dict() if upcoming else None,
+        }
+        if self._announced.get(room_id) != meeting:
+            self._announced[room_id] = meeting
+            self.site.mqtt.publish_state(f"{self.site.mqtt.base}/{room_id}/meeting", meeting)
 
     def _due(self, room: Room, rb: RoomBookings, b: Booking, now: float) -> None:
         cfg = self.site.config.meetings

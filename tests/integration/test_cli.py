@@ -277,12 +277,15 @@ def test_demo_shows_alerts_and_roomd_check_answers_against_its_rooms(tmp_path: P
     assert not Path(cfg.group(1)).parent.exists(), "the demo left its temp directory behind"
     text = header + out
     assert "mosquitto_sub" in text and "/metrics" in text
-    assert "CO2" in text and "online" in text
+    # The live view is `roomd top`'s: rooms with their state, grouped alerts, devices.
+    assert "City Hall 301 (r301) ready" in text and "CO₂" in text
+    assert "climate" in text and "offline" in text and " old" in text  # stale values, aged
     assert "alert r302.env.co2_ppm.max [III]" in text
     assert "alert r303.climate.online.min [II]" in text
     assert "alert r302.projector.projector_error_fan.warning [III]" in text
-    assert "sound" in text and "SNR" in text  # the probes' column
-    assert re.search(r"r30[123]\s.*\n.*\b[1-9]\d* signed in", text), "attendees per room"
+    assert "microphone idle: no meeting" in text  # not "SNR 0.6 dB" in an empty room
+    assert re.search(r"\(r30[123]\) .*signed in: [1-9]", text), "attendees per room"
+    assert "Grades:" in text
 
 
 async def test_discover_command_prints_a_config_snippet() -> None:
