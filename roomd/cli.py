@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .daemon.config import ConfigError, SiteConfig, default_config_path, load_config
+from .i18n import N_, translations
 
 log = logging.getLogger("roomd")
 
@@ -30,13 +31,49 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
+def gettext(message: str) -> str:
+    """A CLI message in the terminal's language."""
+    return translations(cli_language()).gettext(message)
+
+
+NO_ANSWER = N_("no answer from the daemon (is `roomd run` connected to the broker?)")
+
+
+def cli_language() -> str:
+    """The terminal's language, as gettext reads it: zh-CN for a Chinese locale
+    (`ROOMD_LANG`, `LANGUAGE`, `LC_ALL`, `LC_MESSAGES`, `LANG`, the first one set)."""
+    for name in ("ROOMD_LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return "zh-CN" if value.lower().startswith("zh") else "en"
+    return "en"
+
+
+# argparse's messages, marked for the catalog (argparse asks gettext for them by these ids).
+ARGPARSE_MESSAGES = (
+    N_("usage: "),
+    N_("positional arguments"),
+    N_("options"),
+    N_("show this help message and exit"),
+    N_("show program's version number and exit"),
+    N_("%(prog)s: error: %(message)s\n"),
+    N_("the following arguments are required: %s"),
+    N_("invalid choice: %(value)r (choose from %(choices)s)"),
+    N_("unrecognized arguments: %s"),
+    N_("expected one argument"),
+    N_("argument %(argument_name)s: %(message)s"),
+    N_("invalid %(type)s value: %(value)r"),
+)
+
+
 def _config_arg(p: argparse.ArgumentParser) -> None:
+    _ = translations(cli_language()).gettext
     p.add_argument(
         "-c",
         "--config",
         type=Path,
         default=None,
-        help="site config (default: $ROOMD_CONFIG, ./roomd.yaml, /etc/roomd/roomd.yaml)",
+        help=_("site config (default: $ROOMD_CONFIG, ./roomd.yaml, /etc/roomd/roomd.yaml)"),
     )
 
 
@@ -57,10 +94,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue)
-        print(f"{path}: {len(exc.issues)} problem(s)", file=sys.stderr)
+        print(
+            gettext("%(path)s: %(n)s problem(s)") % {"path": path, "n": len(exc.issues)},
+            file=sys.stderr,
+        )
         return 2
     devices = sum(len(r.devices) for r in cfg.rooms)
-    print(f"{path}: ok: site {cfg.site}, {len(cfg.rooms)} rooms, {devices} devices")
+    print(
+        gettext("%(path)s: ok: site %(site)s, %(rooms)s rooms, %(devices)s devices")
+        % {"path": path, "site": cfg.site, "rooms": len(cfg.rooms), "devices": devices}
+    )
     return 0
 
 
@@ -277,13 +320,10 @@ def cmd_ack(args: argparse.Namespace) -> int:
         return 2
     reply = site_command(cfg, "ack", {"alert": args.alert_id, "by": "cli"}, timeout=args.timeout)
     if reply is None:
-        print(
-            "roomd ack: no answer from the daemon (is `roomd run` connected to the broker?)",
-            file=sys.stderr,
-        )
+        print("roomd ack: " + gettext(NO_ANSWER), file=sys.stderr)
         return 1
     if reply.get("ok"):
-        print(f"acknowledged {args.alert_id}")
+        print(gettext("acknowledged %(alert)s") % {"alert": args.alert_id})
         return 0
     print(f"roomd ack: {reply.get('error')}", file=sys.stderr)
     return 1
@@ -314,17 +354,19 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     if args.room not in {r.id for r in cfg.rooms}:
         known = ", ".join(r.id for r in cfg.rooms)
-        print(f"roomd check: no room {args.room!r} in {cfg.path} (rooms: {known})", file=sys.stderr)
+        print(
+            "roomd check: "
+            + gettext("no room %(room)r in %(path)s (rooms: %(known)s)")
+            % {"room": args.room, "path": cfg.path, "known": known},
+            file=sys.stderr,
+        )
         return 2
     cmd_args: dict[str, Any] = {"room": args.room}
     if args.level is not None:
         cmd_args["level"] = args.level
     reply = site_command(cfg, "check", cmd_args, timeout=args.timeout)
     if reply is None:
-        print(
-            "roomd check: no answer from the daemon (is `roomd run` connected to the broker?)",
-            file=sys.stderr,
-        )
+        print("roomd check: " + gettext(NO_ANSWER), file=sys.stderr)
         return 2
     if not reply.get("ok"):
         print(f"roomd check: {reply.get('error')}", file=sys.stderr)
@@ -338,8 +380,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         text = render_text(report, cfg.language)
     if args.output:
         args.output.write_text(text, encoding="utf-8")
+        verdict = gettext("ready") if report["passed"] else gettext("NOT READY")
         print(
-            f"{args.room}: {'ready' if report['passed'] else 'NOT READY'}; report in {args.output}"
+            gettext("%(room)s: %(verdict)s; report in %(path)s")
+            % {"room": args.room, "verdict": verdict, "path": args.output}
         )
     else:
         sys.stdout.write(text)
@@ -380,13 +424,22 @@ def cmd_report_incidents(args: argparse.Namespace) -> int:
         return 0
     acked = [r.to_ack for r in rows if r.to_ack is not None]
     cleared = [r.to_clear for r in rows if r.to_clear is not None]
-    print(f"{len(rows)} alerts; {len(acked)} acknowledged, {len(cleared)} cleared")
+    print(
+        gettext("%(n)s alerts; %(acked)s acknowledged, %(cleared)s cleared")
+        % {"n": len(rows), "acked": len(acked), "cleared": len(cleared)}
+    )
     if acked:
         late = sum(1 for t in acked if t > 60)
-        print(f"time to acknowledge: median {_median(acked):.0f} s, over 1 min: {late}")
+        print(
+            gettext("time to acknowledge: median %(median)s s, over 1 min: %(late)s")
+            % {"median": f"{_median(acked):.0f}", "late": late}
+        )
     if cleared:
         late = sum(1 for t in cleared if t > 300)
-        print(f"time to clear: median {_median(cleared):.0f} s, over 5 min: {late}")
+        print(
+            gettext("time to clear: median %(median)s s, over 5 min: %(late)s")
+            % {"median": f"{_median(cleared):.0f}", "late": late}
+        )
     for r in rows:
         to_ack = "—" if r.to_ack is None else f"{r.to_ack:.0f} s"
         to_clear = "open" if r.to_clear is None else f"{r.to_clear:.0f} s"
@@ -548,7 +601,9 @@ def site_command(
         client.connect(cfg.mqtt.host, cfg.mqtt.port)
     except OSError as exc:
         print(
-            f"cannot reach the MQTT broker {cfg.mqtt.host}:{cfg.mqtt.port}: {exc}", file=sys.stderr
+            gettext("cannot reach the MQTT broker %(host)s:%(port)s: %(error)s")
+            % {"host": cfg.mqtt.host, "port": cfg.mqtt.port, "error": exc},
+            file=sys.stderr,
         )
         return None
     client.loop_start()
@@ -559,7 +614,11 @@ def site_command(
     client.disconnect()
     if not reply:
         state = availability[-1].decode(errors="replace") if availability else "unknown"
-        print(f"the daemon for site {cfg.site} is {state} on this broker", file=sys.stderr)
+        print(
+            gettext("the daemon for site %(site)s is %(state)s on this broker")
+            % {"site": cfg.site, "state": state},
+            file=sys.stderr,
+        )
     return reply or None
 
 
@@ -604,10 +663,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    tr = translations(cli_language())
+    _ = tr.gettext
+    # argparse's own words ("usage:", "options", its errors) through the same catalog.
+    argparse._ = tr.gettext  # type: ignore[attr-defined]
+    argparse.ngettext = tr.ngettext  # type: ignore[attr-defined]
     parser = argparse.ArgumentParser(
         prog="roomd",
-        description="Meeting-room device monitor: polls room hardware, checks it against the "
-        "meeting standard, publishes alerts over MQTT and metrics to Prometheus.",
+        description=_(
+            "Meeting-room device monitor: polls room hardware, checks it against the "
+            "meeting standard, publishes alerts over MQTT and metrics to Prometheus."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"roomd {__version__}")
     parser.add_argument(
@@ -615,140 +681,153 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the daemon in the foreground (SIGHUP reloads the config)")
+    p = sub.add_parser(
+        "run", help=_("run the daemon in the foreground (SIGHUP reloads the config)")
+    )
     _config_arg(p)
     p.add_argument(
         "--shard",
         metavar="I/N",
-        help="poll only shard I of N of the site's rooms (instances on several machines)",
+        help=_("poll only shard I of N of the site's rooms (instances on several machines)"),
     )
     p.add_argument(
         "--workers",
         type=int,
         default=1,
         metavar="N",
-        help="run the site as N worker processes, one shard each (past one core)",
+        help=_("run the site as N worker processes, one shard each (past one core)"),
     )
-    p.add_argument("--listen", metavar="HOST:PORT", help="serve /metrics here instead")
+    p.add_argument("--listen", metavar="HOST:PORT", help=_("serve /metrics here instead"))
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
-        "validate", help="check a config; print each problem as FILE:LINE: key: message"
+        "validate", help=_("check a config; print each problem as FILE:LINE: key: message")
     )
     _config_arg(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("simulate", help="serve simulated devices on 127.0.0.1 and ptys")
-    p.add_argument("--rooms", type=int, default=3, help="number of rooms (default 3)")
-    p.add_argument("--scenario", default="normal", help="normal, drift or demo")
+    p = sub.add_parser("simulate", help=_("serve simulated devices on 127.0.0.1 and ptys"))
+    p.add_argument("--rooms", type=int, default=3, help=_("number of rooms (default 3)"))
+    p.add_argument("--scenario", default="normal", help=_("normal, drift or demo"))
     p.add_argument(
-        "--write-config", type=Path, metavar="FILE", help="write a site config polling them"
+        "--write-config", type=Path, metavar="FILE", help=_("write a site config polling them")
     )
-    p.add_argument("--no-rtu", action="store_true", help="Modbus TCP only (no pseudo-terminals)")
+    p.add_argument("--no-rtu", action="store_true", help=_("Modbus TCP only (no pseudo-terminals)"))
     p.add_argument(
-        "--mqtt", default="mqtt://127.0.0.1:1883", help="broker URL for the written config"
-    )
-    p.add_argument(
-        "--http", default="127.0.0.1:9880", help="metrics listen address for the written config"
+        "--mqtt", default="mqtt://127.0.0.1:1883", help=_("broker URL for the written config")
     )
     p.add_argument(
-        "--state-dir", type=Path, default=Path("./state"), help="state_dir for the written config"
+        "--http", default="127.0.0.1:9880", help=_("metrics listen address for the written config")
     )
-    p.add_argument("--poll", default="2s", help="poll interval for the written config")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("./state"),
+        help=_("state_dir for the written config"),
+    )
+    p.add_argument("--poll", default="2s", help=_("poll interval for the written config"))
     p.add_argument(
         "--control",
         default="127.0.0.1:0",
         metavar="HOST:PORT",
-        help="line-based control port for injecting faults (default: a free port)",
+        help=_("line-based control port for injecting faults (default: a free port)"),
     )
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("demo", help="simulators + daemon + broker + live view, no set-up")
+    p = sub.add_parser("demo", help=_("simulators + daemon + broker + live view, no set-up"))
     p.add_argument("--rooms", type=int, default=3, help=argparse.SUPPRESS)
-    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--duration", type=float, default=None, help=_("stop after this many seconds"))
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("discover", help="find PJLink Class 2 projectors and print a config snippet")
+    p = sub.add_parser(
+        "discover", help=_("find PJLink Class 2 projectors and print a config snippet")
+    )
     p.add_argument(
         "--address",
         default="255.255.255.255",
-        help="where to send %%2SRCH: a broadcast address or one host (default: broadcast)",
+        help=_("where to send %%2SRCH: a broadcast address or one host (default: broadcast)"),
     )
-    p.add_argument("--port", type=int, default=4352, help="UDP port of the search (default 4352)")
     p.add_argument(
-        "--tcp-port", type=int, default=4352, help="PJLink TCP port to query (default 4352)"
+        "--port", type=int, default=4352, help=_("UDP port of the search (default 4352)")
     )
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for answers")
     p.add_argument(
-        "--password-file", type=Path, help="PJLink password, to query protected projectors"
+        "--tcp-port", type=int, default=4352, help=_("PJLink TCP port to query (default 4352)")
+    )
+    p.add_argument("--timeout", type=float, default=2.0, help=_("seconds to wait for answers"))
+    p.add_argument(
+        "--password-file", type=Path, help=_("PJLink password, to query protected projectors")
     )
     p.set_defaults(func=cmd_discover)
 
-    p = sub.add_parser("signins", help="sign-in records")
+    p = sub.add_parser("signins", help=_("sign-in records"))
     signins = p.add_subparsers(dest="signins_command", required=True, metavar="SUBCOMMAND")
-    e = signins.add_parser("export", help="a meeting's sign-in records as CSV (for the organiser)")
+    e = signins.add_parser(
+        "export", help=_("a meeting's sign-in records as CSV (for the organiser)")
+    )
     e.add_argument("--meeting", required=True)
-    e.add_argument("-o", "--output", type=Path, help="write to a file instead of stdout")
+    e.add_argument("-o", "--output", type=Path, help=_("write to a file instead of stdout"))
     _config_arg(e)
     e.set_defaults(func=cmd_signins_export)
 
-    p = sub.add_parser("simctl", help="send a command to a running simulator's control port")
+    p = sub.add_parser("simctl", help=_("send a command to a running simulator's control port"))
     p.add_argument("address", metavar="HOST:PORT")
-    p.add_argument("words", nargs="+", metavar="WORD", help="e.g. fault r301 mixer mute_main")
+    p.add_argument("words", nargs="+", metavar="WORD", help=_("e.g. fault r301 mixer mute_main"))
     p.set_defaults(func=cmd_simctl)
 
-    p = sub.add_parser("check", help="run a pre-meeting check of one room now (exit 0 ready)")
+    p = sub.add_parser("check", help=_("run a pre-meeting check of one room now (exit 0 ready)"))
     p.add_argument("room")
     p.add_argument(
         "--level",
         type=int,
         choices=[0, 1, 2, 3],
         default=None,
-        help="0 inspection, 1 (T-2 h), 2 (T-1 h), 3 (T-30 min); default: the level the "
-        "room's next meeting has reached, else 1",
+        help=_(
+            "0 inspection, 1 (T-2 h), 2 (T-1 h), 3 (T-30 min); default: the level the "
+            "room's next meeting has reached, else 1"
+        ),
     )
     p.add_argument("--format", choices=["text", "json", "html"], default="text")
-    p.add_argument("-o", "--output", type=Path, help="write the report to a file")
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the result")
+    p.add_argument("-o", "--output", type=Path, help=_("write the report to a file"))
+    p.add_argument("--timeout", type=float, default=300.0, help=_("seconds to wait for the result"))
     _config_arg(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("report", help="reports from the local store")
+    p = sub.add_parser("report", help=_("reports from the local store"))
     reports = p.add_subparsers(dest="report_command", required=True, metavar="REPORT")
-    u = reports.add_parser("usage", help="device usage per meeting (STANDARD §4)")
-    u.add_argument("--since", help="a date, e.g. 2026-11-01")
+    u = reports.add_parser("usage", help=_("device usage per meeting (STANDARD §4)"))
+    u.add_argument("--since", help=_("a date, e.g. 2026-11-01"))
     u.add_argument("--format", choices=["csv", "md"], default="md")
     _config_arg(u)
     u.set_defaults(func=cmd_report_usage)
-    i = reports.add_parser("incidents", help="alerts: time to acknowledge and to clear")
-    i.add_argument("--since", help="a date, e.g. 2026-11-01")
+    i = reports.add_parser("incidents", help=_("alerts: time to acknowledge and to clear"))
+    i.add_argument("--since", help=_("a date, e.g. 2026-11-01"))
     i.add_argument("--format", choices=["text", "csv"], default="text")
     _config_arg(i)
     i.set_defaults(func=cmd_report_incidents)
 
-    p = sub.add_parser("console", help="the help-desk web console")
+    p = sub.add_parser("console", help=_("the help-desk web console"))
     consoles = p.add_subparsers(dest="console_command", required=True, metavar="COMMAND")
     h = consoles.add_parser(
-        "hash-password", help="print an argon2 hash of a password read from stdin"
+        "hash-password", help=_("print an argon2 hash of a password read from stdin")
     )
     h.set_defaults(func=cmd_console_hash_password)
 
-    p = sub.add_parser("analyze", help="measure a WAV recording: level, SNR, dropouts, hum")
+    p = sub.add_parser("analyze", help=_("measure a WAV recording: level, SNR, dropouts, hum"))
     p.add_argument("file", type=Path)
-    p.add_argument("--calibration-db", type=float, default=0.0, help="dB SPL = dBFS + this")
+    p.add_argument("--calibration-db", type=float, default=0.0, help=_("dB SPL = dBFS + this"))
     p.add_argument("--weighting", choices=["A", "Z"], default="A")
-    p.add_argument("--window", type=float, default=1.0, help="seconds per line (default 1)")
+    p.add_argument("--window", type=float, default=1.0, help=_("seconds per line (default 1)"))
     p.add_argument("--channel", type=int, default=1)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("top", help="live view of a running daemon: rooms, alerts, devices")
-    p.add_argument("--once", action="store_true", help="print one snapshot and exit")
-    p.add_argument("--lang", choices=["en", "zh-CN"], help="language (default: the site's)")
+    p = sub.add_parser("top", help=_("live view of a running daemon: rooms, alerts, devices"))
+    p.add_argument("--once", action="store_true", help=_("print one snapshot and exit"))
+    p.add_argument("--lang", choices=["en", "zh-CN"], help=_("language (default: the site's)"))
     _config_arg(p)
     p.set_defaults(func=cmd_top)
 
-    p = sub.add_parser("ack", help="acknowledge an active alert through the running daemon")
+    p = sub.add_parser("ack", help=_("acknowledge an active alert through the running daemon"))
     p.add_argument("alert_id")
     p.add_argument("--timeout", type=float, default=5.0)
     _config_arg(p)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import Mosquitto, free_port
+from tests.conftest import Mosquitto, free_port, write_config
 
 ROOMD = [sys.executable, "-m", "roomd"]
 
@@ -214,6 +214,25 @@ def test_every_command_has_help() -> None:
             [*ROOMD, *cmd.split(), "--help"], capture_output=True, text=True, timeout=30
         )
         assert out.returncode == 0 and "usage: roomd" in out.stdout
+
+
+def test_help_and_messages_follow_the_terminals_language(tmp_path: Path) -> None:
+    zh = {**os.environ, "LANG": "zh_CN.UTF-8", "ROOMD_LANG": ""}
+    zh.pop("ROOMD_LANG")
+    out = subprocess.run([*ROOMD, "--help"], capture_output=True, text=True, timeout=30, env=zh)
+    assert out.returncode == 0 and out.stdout.startswith("用法：roomd")
+    assert "立即对一间会议室执行会前检查" in out.stdout and "显示此帮助信息并退出" in out.stdout
+    site = {"site": "hq", "state_dir": str(tmp_path), "rooms": [{"id": "r1"}]}
+    cfg = write_config(tmp_path / "v.yaml", site)
+    out = subprocess.run(
+        [*ROOMD, "validate", "-c", str(cfg)], capture_output=True, text=True, timeout=30, env=zh
+    )
+    assert out.stdout.strip() == f"{cfg}：正确：站点 hq，1 间会议室，0 台设备"
+    out = subprocess.run([*ROOMD, "check"], capture_output=True, text=True, timeout=30, env=zh)
+    assert out.returncode == 2 and "缺少以下必需参数：room" in out.stderr
+    en = {**os.environ, "ROOMD_LANG": "en"}
+    out = subprocess.run([*ROOMD, "--help"], capture_output=True, text=True, timeout=30, env=en)
+    assert out.stdout.startswith("usage: roomd")
 
 
 def test_demo_shows_alerts_and_roomd_check_answers_against_its_rooms(tmp_path: Path) -> None:
