@@ -205,8 +205,12 @@ class Console:
     def _session(self, req: Request) -> Session | None:
         auth = req.headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
+            if self.gate.throttled(f"addr:{req.client}"):
+                raise HttpError(429, "too many failed logins from this address; wait 5 minutes")
             account = self.gate.bearer(auth[7:].strip())
             if account is None:
+                self.gate.failed(f"addr:{req.client}")
+                log.warning("console: wrong bearer token from %s", req.client)
                 return None
             # A script's request: a session for this request only, its CSRF token known.
             s = self.gate.open(account)

@@ -94,7 +94,7 @@ class Gate:
                 return True
         return False
 
-    def _failed(self, *keys: str) -> None:
+    def failed(self, *keys: str) -> None:
         for key in keys:
             self._failures.setdefault(key, deque(maxlen=FAILURES_ALLOWED)).append(self.now())
         if len(self._failures) > 10_000:  # a spray of names: forget the oldest
@@ -114,7 +114,7 @@ class Gate:
             pw_hash = account.password_hash if account and account.password_hash else _DUMMY_HASH
             ok = await asyncio.to_thread(_verify, pw_hash, secret) and account is not None
         if not ok:
-            self._failed(f"user:{name}", f"addr:{client}")
+            self.failed(f"user:{name}", f"addr:{client}")
             return None
         return account
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import time
@@ -41,7 +42,7 @@ from .instances import Instances
 from .meetings import MeetingPlanner
 from .model import Transition
 from .notifications import NotificationPlanner
-from .shards import shard_label
+from .shards import ShardError, for_shard, shard_label
 from .signins import SigninService
 from .sinks.mqtt import MqttSink
 from .sinks.mqtt import dumps as _dumps
@@ -80,6 +81,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._delivering = False  # the notification deliverer's task runs
         self.ready = asyncio.Event()
         self.systemd = SdNotifier()
         self.attendance = Attendance(
@@ -213,6 +215,7 @@ class Daemon:
                 tg.create_task(self._housekeeping_loop(), name="housekeeping")
                 tg.create_task(self._lag_loop(), name="loop-lag")
                 if self.notifier.enabled:
+                    self._delivering = True
                     tg.create_task(self.delivery.run(), name="notifications")
                 self._apply(cfg, first=True)
                 tg.create_task(self.meetings.run(), name="meetings")
@@ -258,13 +261,31 @@ class Daemon:
                 log.error("reload rejected: %s", issue)
             self.systemd.notify("READY=1", "STATUS=reload rejected; running the previous config")
             return False
+        if self.config.shard is not None:
+            # A shard reloads its own part of the site, never the whole of it.
+            try:
+                new = for_shard(new, *self.config.shard)
+            except ShardError as exc:
+                log.error("reload rejected: %s", exc)
+                self.systemd.notify(
+                    "READY=1", "STATUS=reload rejected; running the previous config"
+                )
+                return False
+        new = dataclasses.replace(new, http=self.config.http)  # `--listen` stays
         if new.site != self.config.site or new.mqtt != self.config.mqtt:
             log.warning("reload: site and mqtt changes take effect on restart")
+        if new.console != self.config.console:
+            log.warning("reload: console changes take effect on restart")
         self._apply(new, first=False)
         self.config = self.site.config = new
         self.authz = Authorizer(new.authorization, new.mqtt.username)  # rules and keys, anew
         self.signins.load_rosters(new)
         self.meetings.configure(new)
+        self.notifier.config = self.delivery.config = new.notifications
+        self.delivery.reset()
+        if self.notifier.enabled and self._tasks is not None and not self._delivering:
+            self._delivering = True
+            self._tasks.create_task(self.delivery.run(), name="notifications")
         self.discovery.publish()
         log.info("config reloaded from %s", new.path)
         self.systemd.notify("READY=1", f"STATUS={self.status_line()}")

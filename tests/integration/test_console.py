@@ -264,6 +264,11 @@ async def test_forms_need_a_session_token_and_the_same_origin(
         assert status == 200 and "r301" in body
         assert "default-src 'self'" in headers["content-security-policy"]
         assert (await asyncio.to_thread(get, "/", headers={"Authorization": "Bearer x"}))[0] == 303
+        # Guessing tokens is braked per address like passwords (5 failures: 429).
+        for _ in range(4):
+            await asyncio.to_thread(get, "/", headers={"Authorization": "Bearer y"})
+        assert (await asyncio.to_thread(get, "/", headers=ok))[0] == 429
+        daemon.console.gate._failures.clear()  # (the rest of the test is from this address)
 
         # Log in with a browser-like session.
         status, headers, body = await asyncio.to_thread(get, "/login")

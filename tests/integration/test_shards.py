@@ -184,6 +184,13 @@ async def test_instances_on_two_machines_own_disjoint_rooms(
             await asyncio.sleep(0.5)  # time for a second, wrong answer to arrive
             got = answers(cmd_id)
             assert len(got) == 1 and got[0]["shard"] == shard and got[0]["ok"] is False, got
+        # A reload keeps each instance to its own shard (it re-read the whole site before).
+        rec.publish(f"{BASE}/_daemon/cmd", {"command": "reload", "id": "re"})
+        await until(lambda: len(answers("re")) == 2, 10, "both shards reloaded")
+        assert all(r["ok"] for r in answers("re"))
+        for port in ports:
+            health = json.loads(get(f"http://127.0.0.1:{port}/healthz"))
+            assert health["devices"] == 2, health
         assert all(stop(p) == 0 for p in procs)
         assert all(s.connections == 1 for s in sims.values())
     finally:

@@ -55,6 +55,11 @@ class Delivery:
         self._apprise: dict[str, Any] = {}
         self._lock = asyncio.Lock()  # one pass at a time: a row is never sent twice at once
 
+    def reset(self) -> None:
+        """After a reload: targets' URLs may have changed."""
+        self._apprise.clear()
+        self.kick()
+
     def kick(self) -> None:
         self._wake.set()
 
