@@ -196,7 +196,8 @@ class SiteView:
         for alert in room.alerts.values():
             groups[(alert.metric, alert.rule)].append(alert)
         for alerts in sorted(groups.values(), key=lambda g: (_grade_rank(g), g[0].since)):
-            first = min(alerts, key=lambda a: _grade_rank([a]))
+            alerts.sort(key=lambda a: (_grade_rank([a]), a.device))
+            first = alerts[0]
             line = Text("  ")
             line.append(f" {first.severity} ", style=GRADE_STYLE.get(first.severity, ""))
             line.append(" " + describe(first, self.label(room.id, first.metric), language))
