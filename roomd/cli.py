@@ -12,11 +12,18 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import __version__
 from .daemon.config import ConfigError, SiteConfig, default_config_path, load_config
 from .i18n import N_, translations
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .daemon.store import Store
+
+T = TypeVar("T")
 
 log = logging.getLogger("roomd")
 
@@ -403,22 +410,31 @@ def _since(text: str | None) -> float | None:
     return (day if day.tzinfo else day.replace(tzinfo=UTC)).timestamp()
 
 
-def cmd_report_incidents(args: argparse.Namespace) -> int:
-    """Alerts with time to acknowledge and to clear (STANDARD §3: the 1- and 5-minute rules)."""
-    from .console.views import incidents_csv
+def _read_store(args: argparse.Namespace, read: Callable[[Store, float], T]) -> T | None:
+    """`read(store, since)` on the config's store (the reports); None when the config or
+    `--since` is wrong (already said)."""
     from .daemon.store import Store
 
     cfg = _load(args)
-    if cfg is None:
-        return 2
-    since = _since(args.since)
-    if since is None:
-        return 2
+    since = _since(args.since) if cfg is not None else None
+    if cfg is None or since is None:
+        return None
     store = Store(cfg.state_dir)
     try:
-        rows = store.incidents(since, limit=1_000_000)
+        return read(store, since)
     finally:
         store.close()
+
+
+def cmd_report_incidents(args: argparse.Namespace) -> int:
+    """Alerts with time to acknowledge and to clear (STANDARD §3: the 1- and 5-minute rules)."""
+    from statistics import median
+
+    from .console.views import incidents_csv
+
+    rows = _read_store(args, lambda store, since: store.incidents(since, limit=1_000_000))
+    if rows is None:
+        return 2
     if args.format == "csv":
         sys.stdout.write(incidents_csv(rows).decode("utf-8-sig"))
         return 0
@@ -432,25 +448,19 @@ def cmd_report_incidents(args: argparse.Namespace) -> int:
         late = sum(1 for t in acked if t > 60)
         print(
             gettext("time to acknowledge: median %(median)s s, over 1 min: %(late)s")
-            % {"median": f"{_median(acked):.0f}", "late": late}
+            % {"median": f"{median(acked):.0f}", "late": late}
         )
     if cleared:
         late = sum(1 for t in cleared if t > 300)
         print(
             gettext("time to clear: median %(median)s s, over 5 min: %(late)s")
-            % {"median": f"{_median(cleared):.0f}", "late": late}
+            % {"median": f"{median(cleared):.0f}", "late": late}
         )
     for r in rows:
         to_ack = "—" if r.to_ack is None else f"{r.to_ack:.0f} s"
         to_clear = "open" if r.to_clear is None else f"{r.to_clear:.0f} s"
         print(f"[{r.severity}] {r.alert}  ack {to_ack} ({r.acked_by or '-'})  clear {to_clear}")
     return 0
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def cmd_console_hash_password(args: argparse.Namespace) -> int:
@@ -478,19 +488,10 @@ def cmd_report_usage(args: argparse.Namespace) -> int:
     import csv
 
     from .daemon.clock import iso
-    from .daemon.store import Store
 
-    cfg = _load(args)
-    if cfg is None:
+    rows = _read_store(args, lambda store, since: store.usage(since))
+    if rows is None:
         return 2
-    since = _since(args.since)
-    if since is None:
-        return 2
-    store = Store(cfg.state_dir)
-    try:
-        rows = store.usage(since)
-    finally:
-        store.close()
     header = [
         "meeting",
         "room",

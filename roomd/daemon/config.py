@@ -325,7 +325,7 @@ class ConsoleUser(_Strict):
         return self
 
 
-class ConsoleConfig(_Strict):
+class ConsoleConfig(HttpConfig):
     """The help-desk web console (roomd/console/). Off unless enabled; 127.0.0.1 unless told."""
 
     enabled: bool = False
@@ -339,11 +339,6 @@ class ConsoleConfig(_Strict):
     # notifications, and the Origin a form post must come from.
     public_url: str | None = None
 
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        return _check_listen(value)
-
     @model_validator(mode="after")
     def _usable(self) -> ConsoleConfig:
         if self.enabled and not self.users:
@@ -354,14 +349,6 @@ class ConsoleConfig(_Strict):
         if len(names) != len(set(names)):
             raise ValueError("user names must be unique")
         return self
-
-    @property
-    def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]") or "0.0.0.0"
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
 
 
 class RoomConfig(_Strict):
