@@ -125,12 +125,16 @@ class Site:
             severities.setdefault(alert.room, []).append(alert.severity)
         out = []
         for room in self.config.rooms:
-            online = [p.online for p in list(self.room_pollers.get(room.id, {}).values())]
+            pollers = list(self.room_pollers.get(room.id, {}).values())
+            online = [p.online for p in pollers]
             state = room_state(online, severities.get(room.id, ()))
+            # Limits of what the room's devices measure only: a 5,000-device site would
+            # otherwise expose every profile threshold for every room.
+            measured = {m for p in pollers for m in p.readings}
             limits = [
                 (metric, bound, float(value), t.inclusive)
                 for metric, t in room.thresholds.items()
-                if t.enabled
+                if t.enabled and metric in measured
                 for bound, value in (("min", t.min), ("max", t.max))
                 if value is not None
             ]
