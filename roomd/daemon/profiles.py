@@ -47,6 +47,9 @@ class Threshold(_Strict):
     # Applies only while the room is in use (a meeting runs): a muted main mix in an empty
     # room is normal. Rooms without bookings count as always in use.
     in_use_only: bool = False
+    # Warn this long before `max` is reached, from the room's rise rate (daemon/forecast.py):
+    # the reading `{metric}_forecast` ("crossing"), which its own threshold grades.
+    forecast: Duration | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Threshold:
@@ -78,6 +81,7 @@ class ThresholdOverride(_Strict):
     critical_severity: Severity | None = None
     states: dict[str, Severity] | None = None
     in_use_only: bool | None = None
+    forecast: Duration | None = None
 
 
 def merge_threshold(base: Threshold | None, override: ThresholdOverride) -> Threshold:

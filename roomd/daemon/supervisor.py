@@ -36,6 +36,7 @@ from .commands import CommandService
 from .config import ROOM_DEVICE, ConfigError, Room, SiteConfig, load_config
 from .discovery import HomeAssistantDiscovery
 from .engine import PollEngine
+from .forecast import Forecaster
 from .housekeeping import Housekeeping, raise_descriptor_limit
 from .inbound import LogLimiter
 from .instances import Instances
@@ -76,6 +77,7 @@ class Daemon:
         self.room_pollers = self.site.room_pollers
         self.sealed_rooms = self.site.sealed_rooms
         self.housekeeping = Housekeeping(self.site)
+        self.forecaster = Forecaster(self.site, self.clock)
         self.discovery = HomeAssistantDiscovery(self.site)
         self.engine = PollEngine(self._engine_readings, self._engine_failure, config.poll_jitter)
         self._stopping = asyncio.Event()
@@ -427,6 +429,7 @@ class Daemon:
                 hourly = self.clock.monotonic() + 3600
             self.escalate_due()
             self.notifier.tick()
+            self.forecaster.tick()
             await asyncio.sleep(5)
 
     # ---- commands ----------------------------------------------------------------------------
