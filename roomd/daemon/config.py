@@ -186,6 +186,9 @@ class MeetingsConfig(_Strict):
     # Occurrences per source at most (a calendar with RRULE:FREQ=SECONDLY); more → an alert.
     max_bookings: int = Field(2000, ge=1, le=100_000)
     failover: bool = True
+    # Outdoor CO₂ for the ventilation estimate from the decay after a meeting; None: learned
+    # (the lowest room CO₂ seen, within 380-500 ppm; 420 until then).
+    outdoor_co2_ppm: float | None = Field(None, ge=300, le=700)
 
     @field_validator("check_levels")
     @classmethod

@@ -52,6 +52,7 @@ from .sinks.prometheus import HttpServer, Metrics
 from .site import Poller, Site
 from .store import Pending, Store
 from .systemd import SdNotifier
+from .ventilation import VentilationEstimator
 
 if TYPE_CHECKING:
     from ..console.app import Console
@@ -78,6 +79,7 @@ class Daemon:
         self.sealed_rooms = self.site.sealed_rooms
         self.housekeeping = Housekeeping(self.site)
         self.forecaster = Forecaster(self.site, self.clock)
+        self.ventilation = VentilationEstimator(self.site, self.clock)
         self.discovery = HomeAssistantDiscovery(self.site)
         self.engine = PollEngine(self._engine_readings, self._engine_failure, config.poll_jitter)
         self._stopping = asyncio.Event()
@@ -430,6 +432,7 @@ class Daemon:
             self.escalate_due()
             self.notifier.tick()
             self.forecaster.tick()
+            self.ventilation.tick()
             await asyncio.sleep(5)
 
     # ---- commands ----------------------------------------------------------------------------
