@@ -15,16 +15,18 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.text import Text
 
+from .daemon.clock import human_duration
 from .daemon.config import SiteConfig
 from .daemon.model import Alert
 from .daemon.notify_text import describe
+from .daemon.site import room_state
 from .daemon.store import epoch
+from .daemon.units import severity_rank
 from .i18n import translations
 
 GRADE_STYLE = {"I": "bold white on red", "II": "bold red", "III": "yellow", "IV": "cyan"}
@@ -98,14 +100,7 @@ class SiteView:
 
     # ---- rendering --------------------------------------------------------------------------
 
-    def label(self, room_id: str, metric: str) -> str | None:
-        room = self.cfg.room(room_id)
-        t = room.thresholds.get(metric) if room is not None else None
-        return t.label if t is not None and t.label else None
-
     def state_of(self, room: RoomView) -> str:
-        from .daemon.site import room_state
-
         online = [d.get("online") for d in room.devices.values()]
         if not room.devices:
             return "waiting"
@@ -195,19 +190,22 @@ class SiteView:
         groups: dict[tuple[str, str], list[Alert]] = defaultdict(list)
         for alert in room.alerts.values():
             groups[(alert.metric, alert.rule)].append(alert)
-        for alerts in sorted(groups.values(), key=lambda g: (_grade_rank(g), g[0].since)):
-            alerts.sort(key=lambda a: (_grade_rank([a]), a.device))
+        for alerts in groups.values():
+            alerts.sort(key=lambda a: (severity_rank(a.severity), a.device))
+        for alerts in sorted(
+            groups.values(), key=lambda g: (severity_rank(g[0].severity), g[0].since)
+        ):
             first = alerts[0]
             line = Text("  ")
             line.append(f" {first.severity} ", style=GRADE_STYLE.get(first.severity, ""))
-            line.append(" " + describe(first, self.label(room.id, first.metric), language))
+            line.append(" " + describe(first, self.cfg.label(room.id, first.metric), language))
             if len(alerts) > 1:
                 line.append(
                     "  "
                     + _("seen by %(devices)s") % {"devices": ", ".join(a.device for a in alerts)}
                 )
             since = min(epoch(a.since) for a in alerts)
-            line.append("  " + _("for %(age)s") % {"age": _age(now - since)}, style="dim")
+            line.append("  " + _("for %(age)s") % {"age": human_duration(now - since)}, style="dim")
             acked = [a for a in alerts if a.state == "acknowledged"]
             if acked:
                 who = acked[0].extra.get("acknowledged_by", "?")
@@ -223,7 +221,9 @@ class SiteView:
                 age = now - epoch(dev["ts"]) if dev.get("ts") else None
                 line.append(_("offline") + (f" ({dev['error']})" if dev.get("error") else ""))
                 if age is not None:
-                    line.append("  " + _("values %(age)s old") % {"age": _age(age)}, style="dim")
+                    line.append(
+                        "  " + _("values %(age)s old") % {"age": human_duration(age)}, style="dim"
+                    )
             else:
                 line.append(_readings(readings, in_meeting, language))
             line.truncate(width, overflow="ellipsis")
@@ -231,24 +231,10 @@ class SiteView:
         return out
 
 
-def _grade_rank(alerts: list[Alert]) -> int:
-    return min(("I", "II", "III", "IV").index(a.severity) for a in alerts)
-
-
-def _age(seconds: float) -> str:
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"
-
-
 def _clock(iso_time: str) -> str:
+    """Our ISO time (a booking's start, a check's) as local HH:MM."""
     try:
-        return (
-            datetime.fromisoformat(iso_time.replace("Z", "+00:00")).astimezone().strftime("%H:%M")
-        )
+        return time.strftime("%H:%M", time.localtime(epoch(iso_time)))
     except ValueError:
         return iso_time
 

@@ -37,6 +37,7 @@ from ..daemon.config import ConsoleConfig
 from ..daemon.model import Transition
 from ..daemon.notify_text import describe
 from ..daemon.site import Site
+from ..daemon.units import severity_rank
 from ..drivers.base import CommandError
 from ..i18n import LANGUAGES, translations
 from . import views
@@ -261,7 +262,7 @@ class Console:
         env = _environment(language)
         flash = self._flash.pop(session.token, None) if session is not None else None
         body = env.get_template(template).render(
-            describe=lambda a: describe(a, self.site.label(a.room, a.metric), language),
+            describe=lambda a: describe(a, self.site.config.label(a.room, a.metric), language),
             site=self.site.config.site,
             session=session,
             language=language,
@@ -371,7 +372,7 @@ class Console:
             )
         active = sorted(
             self.site.book.active.values(),
-            key=lambda a: (views.SEVERITY_ORDER.get(a.severity, 9), a.since),
+            key=lambda a: (severity_rank(a.severity), a.since),
         )
         return self._page("incidents.html", session, rows=rows, active=active, days=days)
 
@@ -387,9 +388,7 @@ class Console:
             return Response(
                 200,
                 render_html(report, self._language(session)).encode(),
-                headers=[
-                    ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'")
-                ],
+                headers=[("content-security-policy", REPORT_CSP)],
             )
         if req.method != "POST":
             raise HttpError(405, "method not allowed")
@@ -432,7 +431,7 @@ class Console:
         room = self.site.config.room(room_id)
         assert room is not None
         alerts = views.alerts_by_room(self.site).get(room_id, [])
-        rows = views.device_rows(self.site, room_id, alerts)
+        rows = views.device_rows(self.site, room_id)
         check = self.backend.last_check().get(room_id)
         status_name = views.room_status([r.poller for r in rows], alerts)
         now = self.site.clock.time()

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..daemon.bookings import Booking
-from ..daemon.clock import iso
+from ..daemon.clock import human_duration, iso
 from ..daemon.config import Room
 from ..daemon.model import Alert
 from ..daemon.site import Poller, Site, room_state
 from ..daemon.store import Incident
+from ..daemon.units import severity_rank
 from ..drivers.base import CommandSpec
 
-SEVERITY_ORDER = {"I": 0, "II": 1, "III": 2, "IV": 3}
 _FLOOR = re.compile(r"(\d{1,2})(\d{2})(?!\d)")
 
 
@@ -41,7 +41,7 @@ class Tile:
     room: Room
     name: str
     group: str
-    status: str  # ready | degraded | not_ready | offline | unknown
+    status: str  # one of site.ROOM_STATES
     alerts: list[Alert]
     devices_up: int
     devices: int
@@ -51,7 +51,7 @@ class Tile:
 
     @property
     def worst(self) -> str | None:
-        return min((a.severity for a in self.alerts), key=SEVERITY_ORDER.__getitem__, default=None)
+        return min((a.severity for a in self.alerts), key=severity_rank, default=None)
 
 
 def alerts_by_room(site: Site) -> dict[str, list[Alert]]:
@@ -59,7 +59,7 @@ def alerts_by_room(site: Site) -> dict[str, list[Alert]]:
     for alert in list(site.book.active.values()):
         out[alert.room].append(alert)
     for alerts in out.values():
-        alerts.sort(key=lambda a: (SEVERITY_ORDER.get(a.severity, 9), a.since))
+        alerts.sort(key=lambda a: (severity_rank(a.severity), a.since))
     return out
 
 
@@ -113,7 +113,6 @@ def select(tiles_: list[Tile], query: str, group: str, status: str) -> list[Tile
 class DeviceRow:
     poller: Poller
     age: float | None  # seconds since the last good poll
-    alerts: list[Alert]
     specs: list[CommandSpec] = field(default_factory=list)
 
     @property
@@ -121,15 +120,14 @@ class DeviceRow:
         return self.poller.config.id
 
 
-def device_rows(site: Site, room_id: str, alerts: list[Alert]) -> list[DeviceRow]:
+def device_rows(site: Site, room_id: str) -> list[DeviceRow]:
     now = site.clock.monotonic()
     rows = []
-    for dev_id, p in sorted(site.room_pollers.get(room_id, {}).items()):
+    for _dev_id, p in sorted(site.room_pollers.get(room_id, {}).items()):
         rows.append(
             DeviceRow(
                 poller=p,
                 age=None if not p.read_at else max(0.0, now - p.read_at),
-                alerts=[a for a in alerts if a.device == dev_id],
                 specs=p.driver.command_specs(),
             )
         )
@@ -152,14 +150,7 @@ def fmt_answer(result: Any) -> str:
 
 
 def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min {s % 60} s"
-    return f"{s // 3600} h {s % 3600 // 60} min"
+    return "—" if seconds is None else human_duration(seconds)
 
 
 CSV_COLUMNS = (

@@ -36,6 +36,16 @@ _last_second = -1
 _last_prefix = ""
 
 
+def human_duration(seconds: float) -> str:
+    """ "42 s", "3 min 5 s", "2 h 10 min": an age or a wait, for people."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
 def iso(ts: float) -> str:
     """ISO-8601 UTC with millisecond precision and a Z. Called for every state message, so the
     formatted second is cached (strftime costs ~5 µs)."""

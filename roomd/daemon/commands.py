@@ -145,7 +145,6 @@ class CommandService:
         t = self.site.book.acknowledge(alert_id, by=by)
         if t is not None:
             self.site.emit([t])
-            log.info("alert %s acknowledged by %s", alert_id, by)
         return t
 
     async def _daemon_command(

@@ -435,6 +435,12 @@ class SiteConfig:
     def room(self, room_id: str) -> Room | None:
         return next((r for r in self.rooms if r.id == room_id), None)
 
+    def label(self, room_id: str, metric: str) -> str | None:
+        """The profile's readable name of a metric in a room ("Projector lamp")."""
+        room = self.room(room_id)
+        threshold = room.thresholds.get(metric) if room is not None else None
+        return threshold.label if threshold is not None and threshold.label else None
+
 
 @dataclass(frozen=True)
 class ConfigIssue:

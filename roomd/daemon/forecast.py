@@ -96,29 +96,22 @@ class Forecaster:
             return
         self._last = now
         for room in self.site.config.rooms:
-            pollers = list(self.site.room_pollers.get(room.id, {}).values())
             for metric, threshold in room.thresholds.items():
                 if threshold.forecast is None or threshold.max is None or not threshold.enabled:
                     continue
-                values = [
-                    float(v)
-                    for p in pollers
-                    if p.online and isinstance(v := p.readings.get(metric), int | float)
-                ]
-                if values:
-                    self._sample(room.id, metric, threshold.max, threshold.forecast, values, now)
+                value = self.site.room_mean(room.id, metric)
+                if value is not None:
+                    self._sample(room.id, metric, threshold.max, threshold.forecast, value, now)
 
     def _sample(
-        self, room: str, metric: str, limit: float, lead: float, values: list[float], now: float
+        self, room: str, metric: str, limit: float, lead: float, value: float, now: float
     ) -> None:
         f = self._history.setdefault((room, metric), RoomForecast())
         was = f.raised
-        crossing, est = f.update(
-            now, sum(values) / len(values), self.site.attendees.get(room, 0), limit, lead
-        )
+        crossing, est = f.update(now, value, self.site.attendees.get(room, 0), limit, lead)
         reading = f"{metric}_forecast"
         if crossing and est is not None and est.eta is not None:
-            name = self.site.label(room, metric) or metric
+            name = self.site.config.label(room, metric) or metric
             at = now + est.eta
             detail = (
                 f"{limit:g} expected in about {max(1, round(est.eta / 60))} min "

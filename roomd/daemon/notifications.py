@@ -87,13 +87,15 @@ class NotificationPlanner:
                 continue  # decided again when the quiet hours end
             if done is None:
                 done = set(self.site.store.notified(alert.id, alert.since))
-            fresh = [
-                self._make(
-                    alert, route, i, "raised" if i == 0 else "escalated", target, waited, now
-                )
+            due = [
+                (i, "raised" if i == 0 else "escalated", target)
                 for i in reached
                 for target in route.tiers[i].targets
-                if (route.name, i, "raised" if i == 0 else "escalated", target) not in done
+            ]
+            fresh = [
+                self._make(alert, route, i, kind, target, waited, now)
+                for i, kind, target in due
+                if (route.name, i, kind, target) not in done
             ]
             out += fresh
             if route.repeat and not fresh:
@@ -155,7 +157,7 @@ class NotificationPlanner:
     def _text(self, alert: Alert, kind: str, language: str, waited: float) -> tuple[str, str]:
         room = self.site.config.room(alert.room)
         name = (room.config.name if room else "") or alert.room
-        label = self.site.label(alert.room, alert.metric)
+        label = self.site.config.label(alert.room, alert.metric)
         return render(alert, kind, language, name, label, self.config.console_url, waited)
 
     def _language(self, route: NotifyRoute | None, target: str) -> str:

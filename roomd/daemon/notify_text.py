@@ -10,8 +10,6 @@ from ..i18n import translations
 from .model import Alert
 from .store import Incident, epoch
 
-GRADE_ORDER = ("I", "II", "III", "IV")
-
 
 def local_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))

@@ -142,11 +142,15 @@ class Site:
             out.append((room.id, ROOM_STATES.index(state), in_meeting, limits))
         return out
 
-    def label(self, room_id: str, metric: str) -> str | None:
-        """The profile's readable name of a metric in a room ("Projector lamp")."""
-        room = self.config.room(room_id)
-        threshold = room.thresholds.get(metric) if room is not None else None
-        return threshold.label if threshold is not None and threshold.label else None
+    def room_mean(self, room_id: str, metric: str) -> float | None:
+        """The mean of a numeric reading over the room's online devices (None: no device
+        reports it now): the room's CO₂ for forecasts and the ventilation estimate."""
+        values = [
+            float(v)
+            for p in list(self.room_pollers.get(room_id, {}).values())
+            if p.online and isinstance(v := p.readings.get(metric), int | float)
+        ]
+        return sum(values) / len(values) if values else None
 
     def owns_room(self, room_id: str) -> bool:
         return room_id in self.room_pollers or self.config.room(room_id) is not None
@@ -295,7 +299,9 @@ class Site:
             if t.kind == "raised":
                 log.warning("alert %s [%s] %s", a.id, a.severity, a.message)
             else:
-                log.info("alert %s %s%s", a.id, t.kind, f" ({t.reason})" if t.reason else "")
+                who = a.extra.get("acknowledged_by") if t.kind == "acknowledged" else None
+                why = t.reason or (f"by {who}" if who else "")
+                log.info("alert %s %s%s", a.id, t.kind, f" ({why})" if why else "")
         if transitions:
             self.metrics.set_room_alerts({r: self.book.room_count(r) for r in rooms})
             for room in rooms:

@@ -41,3 +41,8 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 Severity = Literal["I", "II", "III", "IV"]
 SEVERITIES: tuple[Severity, ...] = ("I", "II", "III", "IV")
+
+
+def severity_rank(severity: str) -> int:
+    """0 for grade I (very serious) to 3 for IV; anything else after them."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else len(SEVERITIES)

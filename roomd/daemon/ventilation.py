@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .clock import Clock
+from .forecast import SAMPLE_EVERY
 from .site import Site
 
 log = logging.getLogger("roomd")
 
-SAMPLE_EVERY = 30.0
 DECAY_FOR = 1800.0  # seconds of decay followed at most
 MIN_DECAY = 600.0  # and at least, before a result
 MIN_EXCESS = 150.0  # ppm above outdoors at the start: less is too little signal
@@ -84,14 +84,9 @@ class VentilationEstimator:
             return
         self._last = now
         for room in self.site.config.rooms:
-            values = [
-                float(v)
-                for p in self.site.room_pollers.get(room.id, {}).values()
-                if p.online and isinstance(v := p.readings.get("co2_ppm"), int | float)
-            ]
-            if not values:
+            co2 = self.site.room_mean(room.id, "co2_ppm")
+            if co2 is None:
                 continue
-            co2 = sum(values) / len(values)
             self.outdoor_seen = co2 if self.outdoor_seen is None else min(self.outdoor_seen, co2)
             self._room(room.id, co2, now)
 

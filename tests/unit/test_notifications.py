@@ -63,9 +63,11 @@ def site(tmp_path: Path, clock: FakeClock, *alerts: Alert) -> Any:
         store=Store(tmp_path),
         book=SimpleNamespace(active={a.id: a for a in alerts}, meeting_rooms=set()),
         pollers={("r301", "env"): SimpleNamespace(driver=SimpleNamespace(kind="modbus"))},
-        label=lambda room_id, metric: "CO2" if metric == "co2_ppm" else None,
         config=SimpleNamespace(
-            site="hq", language="en", room=lambda rid: room if rid == "r301" else None
+            site="hq",
+            language="en",
+            room=lambda rid: room if rid == "r301" else None,
+            label=lambda room_id, metric: "CO2" if metric == "co2_ppm" else None,
         ),
     )
 
