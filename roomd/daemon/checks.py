@@ -16,12 +16,14 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from ..drivers.audio_probe import AudioProbeDriver
-from ..drivers.base import CommandError, DeviceError
+from ..drivers.base import CommandError, DeviceError, Readings
 from ..drivers.x32 import MixerDriver
 from ..i18n import translations
 from .bookings import Booking
 from .checktypes import CheckContext, CheckItem
 from .clock import iso
+from .config import ROOM_DEVICE
+from .profiles import Threshold
 from .soundcheck import SoundCheckResult, soundcheck
 
 if TYPE_CHECKING:
@@ -35,7 +37,19 @@ LEVEL_NAMES = {
     3: "level 3 (T-30 min)",
 }
 # Readings whose profile limits the check holds the room to at the moment of the check.
-ENVIRONMENT = ("temperature_c", "humidity_pct", "co2_ppm", "illuminance_lux", "color_temp_k")
+ENVIRONMENT = (
+    "temperature_c",
+    "humidity_pct",
+    "co2_ppm",
+    "air_changes_per_hour",
+    "illuminance_lux",
+    "color_temp_k",
+    "link_state",
+    "link_mbps",
+    "wifi_rssi_dbm",
+    "ping_loss_pct",
+    "throughput_mbps",
+)
 BLOCKING_GRADES = ("I", "II", "III")
 CHECK_METRICS = ("room_ready", "room_sealed", "bookings")  # the check's own alerts
 
@@ -152,14 +166,34 @@ class RoomChecker:
         """Climate, air and light within the profile now (no hold time: the room must be right
         when the check runs)."""
         out = []
-        for p in pollers:
-            if not p.online:
-                continue
-            thresholds = p.driver.expand_thresholds(room.device_thresholds(p.config))
+        sources: list[tuple[str, Readings, dict[str, Threshold]]] = [
+            (p.config.id, p.readings, p.driver.expand_thresholds(room.device_thresholds(p.config)))
+            for p in pollers
+            if p.online
+        ]
+        # The room's own readings (ventilation estimated from the CO₂ decay of the last meeting).
+        room_values = self.site.room_values.get(room.id)
+        if room_values:
+            sources.append((ROOM_DEVICE, room_values, room.thresholds))
+        for device, readings, thresholds in sources:
             for metric in ENVIRONMENT:
-                value = p.readings.get(metric)
+                value = readings.get(metric)
                 t = thresholds.get(metric)
-                if not isinstance(value, int | float) or t is None or not t.enabled:
+                if t is None or not t.enabled:
+                    continue
+                if isinstance(value, str) and t.states:
+                    grade = t.states.get(value)
+                    out.append(
+                        CheckItem(
+                            t.label or metric,
+                            "not " + " / ".join(sorted(t.states)),
+                            value,
+                            grade is None or grade not in BLOCKING_GRADES,
+                            device=device,
+                        )
+                    )
+                    continue
+                if not isinstance(value, int | float) or isinstance(value, bool):
                     continue
                 low = t.min is None or value >= t.min
                 high = t.max is None or value <= t.max
@@ -174,7 +208,7 @@ class RoomChecker:
                         f"{expected} {t.unit}".strip(),
                         f"{value:g} {t.unit}".strip(),
                         low and high,
-                        device=p.config.id,
+                        device=device,
                     )
                 )
         return out

@@ -104,6 +104,8 @@ class Site:
         self.room_pollers: dict[str, dict[str, Poller]] = {}
         self.attendees: dict[str, int] = {}
         self.sealed_rooms: set[str] = set()
+        # The last room-level readings (device `_room`), for the check report.
+        self.room_values: dict[str, Readings] = {}
         self._room_published: dict[str, dict[str, Any]] = {}
         # Services that react to alert transitions (meetings: failover, no-show...).
         self.transition_listeners: list[Callable[[list[Transition]], None]] = []
@@ -321,6 +323,7 @@ class Site:
 
     def room_reading(self, room_id: str, readings: Readings, detail: str = "") -> None:
         """A reading about the room itself (device `_room`): rules, metrics."""
+        self.room_values.setdefault(room_id, {}).update(readings)
         transitions = self.book.observe(room_id, ROOM_DEVICE, readings, detail=detail)
         if transitions:
             self.emit(transitions)

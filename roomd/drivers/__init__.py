@@ -28,7 +28,16 @@ def known_drivers() -> list[str]:
 
 def _load_builtin() -> None:
     # Imported lazily so `roomd validate` does not pay for drivers it does not use twice.
-    from . import audio_probe, modbus, nfc, pcsc, pjlink, serial_projector, x32  # noqa: F401
+    from . import (  # noqa: F401
+        audio_probe,
+        modbus,
+        nfc,
+        pcsc,
+        pjlink,
+        serial_projector,
+        snmp,
+        x32,
+    )
 
 
 __all__ = ["Driver", "DriverContext", "driver_class", "known_drivers", "register"]
