@@ -34,6 +34,7 @@ def _load_builtin() -> None:
         nfc,
         pcsc,
         pjlink,
+        probe,
         serial_projector,
         snmp,
         x32,
