@@ -29,6 +29,7 @@ class Rule:
     label: str
     inclusive: bool = False
     in_use_only: bool = False
+    idle_only: bool = False
 
     def violated(self, value: float | str) -> bool:
         if self.kind == "state":
@@ -88,6 +89,7 @@ def _compile(metric: str, t: Threshold) -> list[Rule]:
                     label,
                     t.inclusive,
                     t.in_use_only,
+                    t.idle_only,
                 )
             )
     for state, severity in t.states.items():
@@ -104,6 +106,7 @@ def _compile(metric: str, t: Threshold) -> list[Rule]:
                 t.unit,
                 label,
                 in_use_only=t.in_use_only,
+                idle_only=t.idle_only,
             )
         )
     return out
@@ -145,12 +148,16 @@ def _message(rule: Rule, value: float | str) -> str:
 class _DeviceRules:
     """One device's rules: shared compiled rules, and its alert ids built on first use."""
 
-    __slots__ = ("compiled", "pairs", "prefix")
+    __slots__ = ("compiled", "idle_metrics", "pairs", "prefix")
 
     def __init__(self, compiled: dict[str, list[Rule]], prefix: str) -> None:
         self.compiled = compiled
         self.prefix = prefix
         self.pairs: dict[str, list[tuple[Rule, str]]] = {}
+        # Metrics with rules that apply only to an idle room (few: doors, windows, lights).
+        self.idle_metrics = frozenset(
+            m for m, rules in compiled.items() if any(r.idle_only for r in rules)
+        )
 
     def pairs_for(self, metric: str) -> list[tuple[Rule, str]] | None:
         rules = self.compiled.get(metric)
@@ -190,6 +197,8 @@ class AlertBook:
         # Rooms with a meeting running: a device fault raised there is one grade more severe
         # (STANDARD §3: a lamp error during a meeting is grade I). Room-level readings are not.
         self.meeting_rooms: set[str] = set()
+        # Idle rooms with no meeting soon either: rules marked idle_only apply (lights left on).
+        self.vacant_rooms: set[str] = set()
         self.room_device = "_room"
         for alert in self.active.values():
             self._count(alert, +1)
@@ -232,6 +241,8 @@ class AlertBook:
         now = -1.0  # read the clock only when a hold or clear timer is involved
         active, raising, clearing = self.active, self._raising, self._clearing
         idle = room in self.idle_rooms
+        # idle_only rules apply to vacant rooms only (no meeting now or soon)
+        busy_skip = None if room in self.vacant_rooms else dev.idle_metrics
         for metric, value in readings.items():
             metric_rules = rules.get(metric)
             if metric_rules is None:
@@ -244,6 +255,9 @@ class AlertBook:
             if idle and any(rule.in_use_only for rule, _ in metric_rules):
                 out.extend(self._not_applicable([r for r in metric_rules if r[0].in_use_only]))
                 metric_rules = [r for r in metric_rules if not r[0].in_use_only]
+            elif busy_skip and metric in busy_skip:
+                out.extend(self._not_applicable([r for r in metric_rules if r[0].idle_only]))
+                metric_rules = [r for r in metric_rules if not r[0].idle_only]
             v: float | str = value if isinstance(value, str) else float(value)
             raised: list[Transition] = []  # after this metric's clears: low clears, high raises
             for rule, alert_id in metric_rules:

@@ -44,6 +44,8 @@ ENVIRONMENT = (
     "air_changes_per_hour",
     "illuminance_lux",
     "color_temp_k",
+    "door",
+    "window",
     "link_state",
     "link_mbps",
     "wifi_rssi_dbm",
@@ -83,7 +85,7 @@ class RoomChecker:
             if all(p.online is not None for p in pollers):
                 break
             await asyncio.sleep(0.1)
-        items: list[CheckItem] = []
+        items: list[CheckItem] = await self._prepare(pollers)
         for p in pollers:
             answers = p.online is True
             items.append(
@@ -161,6 +163,33 @@ class RoomChecker:
             "items": [asdict(i) for i in items],
         }
         return report
+
+    async def _prepare(self, pollers: list[Poller]) -> list[CheckItem]:
+        """What devices do before the room is measured (an I/O module switches the lights on),
+        then one more poll of every device, so the illuminance is that of the lit room."""
+        items = []
+        for p in pollers:
+            if not p.online:
+                continue
+            try:
+                async with asyncio.timeout(p.config.timeout * 4 + 5):
+                    done = await p.driver.prepare_check()
+            except (DeviceError, CommandError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+                items.append(CheckItem("prepare", "done", f"failed: {reason}", False))
+                items[-1].device = p.config.id
+                continue
+            if done:
+                items.append(CheckItem("prepare", "done", done, True, device=p.config.id))
+        if items:
+            seen = {id(p): p.polls for p in pollers}
+            wait = min(30.0, max((p.config.poll + p.config.timeout for p in pollers), default=0))
+            deadline = time.monotonic() + wait * 2 + 1  # lamps take a moment; polls may be due
+            while time.monotonic() < deadline and any(
+                p.online and p.polls < seen[id(p)] + 2 for p in pollers
+            ):
+                await asyncio.sleep(0.1)
+        return items
 
     def _environment(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:
         """Climate, air and light within the profile now (no hold time: the room must be right

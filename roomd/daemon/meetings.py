@@ -32,6 +32,8 @@ from .store import Store, UsageRow
 if TYPE_CHECKING:
     from .site import Poller, Site
 
+SEAL_CONTACTS = ("door", "window")  # readings of contacts that break a seal when "open"
+
 log = logging.getLogger("roomd.meetings")
 _limited = LogLimiter(log)
 
@@ -74,6 +76,8 @@ class MeetingPlanner:
         self.checker = checker
         self.rooms: dict[str, RoomBookings] = {}
         self.done = ActionLog(site.store, site.clock.time)  # (booking id, action)
+        # (room, device, contact) → its state at the last tick, while the room is sealed
+        self._contacts: dict[tuple[str, str, str], Any] = {}
         # room → last report, across restarts
         self.last_check: dict[str, dict[str, Any]] = site.store.last_checks()
         self.usage: dict[str, dict[str, UsageRow]] = {}  # booking id → device → row
@@ -180,9 +184,13 @@ class MeetingPlanner:
         rb = self.rooms.get(room_id)
         if rb is None:
             return None
-        for b in rb.all():
+        bookings = rb.all()
+        for b in bookings:
             inspected = b.cls != "small" and (b.id, "inspection") in self.done
             if inspected and 0 < b.start - now <= self.site.config.meetings.inspection:
+                # The seal holds from the end of the room's last meeting before this one.
+                if any(o.id != b.id and o.end > now and o.start < b.start for o in bookings):
+                    continue
                 return b
         return None
 
@@ -221,6 +229,7 @@ class MeetingPlanner:
         now = d.clock.time()
         dt = 0.0 if self._last_tick is None else max(0.0, min(now - self._last_tick, 60.0))
         self._last_tick = now
+        keep_on = d.config.meetings.keep_on_within
         for room in d.config.rooms:
             rb = self.rooms.get(room.id)
             if rb is None:
@@ -230,6 +239,13 @@ class MeetingPlanner:
                 d.book.idle_rooms.add(room.id)
             else:
                 d.book.idle_rooms.discard(room.id)
+            # Vacant: idle, and no meeting within `keep_on_within` (the room being readied).
+            upcoming = rb.next_after(now)
+            soon = upcoming is not None and upcoming.start - now <= keep_on
+            if rb.known and running is None and not soon:
+                d.book.vacant_rooms.add(room.id)
+            else:
+                d.book.vacant_rooms.discard(room.id)
             if running is None:
                 d.book.meeting_rooms.discard(room.id)
             else:
@@ -240,10 +256,40 @@ class MeetingPlanner:
             if sealed is None and room.id in d.sealed_rooms:
                 d.sealed_rooms.discard(room.id)
                 d.room_reading(room.id, {"room_sealed": None})
+                for seen in [k for k in self._contacts if k[0] == room.id]:
+                    del self._contacts[seen]
             elif sealed is not None:
                 d.sealed_rooms.add(room.id)
+                self._watch_seal(room, sealed)
             for b in rb.all():
                 self._due(room, rb, b, now)
+
+    def _watch_seal(self, room: Room, sealed: Booking) -> None:
+        """A sealed room's door or window contact opening is a breach, like a card read in it
+        (STANDARD §2: sealed after the inspection until the meeting)."""
+        for p in self.site.room_pollers.get(room.id, {}).values():
+            for contact in SEAL_CONTACTS:
+                state = p.readings.get(contact)
+                if state is None:
+                    continue
+                seen = (room.id, p.config.id, contact)
+                before = self._contacts.get(seen)
+                self._contacts[seen] = state
+                # A breach is a contact opening; one open when the seal began is the "left
+                # open" alert's business (the seal could not be set), not an entry.
+                if state != "open" or before != "closed":
+                    continue
+                key = (sealed.id, f"breach:{p.config.id}:{contact}")
+                if key in self.done:
+                    continue  # one breach per contact and meeting: the alert stays until ack
+                self.done.add(key)
+                detail = f"{contact} opened ({p.config.id}) before {sealed.title or sealed.id}"
+                self.site.room_reading(room.id, {"room_sealed": "breached"}, detail)
+                self.site.room_event(
+                    room.id,
+                    {"type": "seal_breach", "meeting": sealed.id, "contact": contact,
+                     "device": p.config.id},
+                )  # fmt: skip
 
     def _announce(self, room_id: str, running: Booking | None, upcoming: Booking | None) -> None:
         """The room's running and next meeting, retained on `{room}/meeting` when it changes

@@ -47,6 +47,10 @@ class Threshold(_Strict):
     # Applies only while the room is in use (a meeting runs): a muted main mix in an empty
     # room is normal. Rooms without bookings count as always in use.
     in_use_only: bool = False
+    # Applies only while a room with bookings is vacant (no meeting now, none within
+    # meetings.keep_on_within): a window open or lights on after the meeting (STANDARD §2),
+    # normal while people are in the room or it is being readied.
+    idle_only: bool = False
     # Warn this long before `max` is reached, from the room's rise rate (daemon/forecast.py):
     # the reading `{metric}_forecast` ("crossing"), which its own threshold grades.
     forecast: Duration | None = None
@@ -59,6 +63,8 @@ class Threshold(_Strict):
             raise ValueError("critical_max must not be below max")
         if self.critical_min is not None and self.min is not None and self.critical_min > self.min:
             raise ValueError("critical_min must not be above min")
+        if self.in_use_only and self.idle_only:
+            raise ValueError("in_use_only and idle_only exclude each other")
         return self
 
 
@@ -81,6 +87,7 @@ class ThresholdOverride(_Strict):
     critical_severity: Severity | None = None
     states: dict[str, Severity] | None = None
     in_use_only: bool | None = None
+    idle_only: bool | None = None
     forecast: Duration | None = None
 
 
@@ -223,22 +230,67 @@ class ModelWrite(_Strict):
         return list(struct.unpack(f">{_WIDTH[self.type]}H", packed))
 
 
+class BitSpec(_Strict):
+    """One coil (function 1, a relay's state) or discrete input (function 2, a contact)."""
+
+    metric: str
+    function: Literal[1, 2]
+    address: int = Field(ge=0, le=65535)
+    # The reading's text for 0 and 1 (a door contact: [closed, open]); without: 0 or 1.
+    states: tuple[str, str] | None = None
+
+    def value(self, bit: int) -> str | int:
+        return self.states[bit] if self.states is not None else bit
+
+
+class CoilWrite(_Strict):
+    """A named coil write (function 5): switch a relay on or off."""
+
+    address: int = Field(ge=0, le=65535)
+    value: bool
+
+
 class DeviceModel(_Strict):
     model: str
     manufacturer: str = ""
     description: str = ""
     serial: SerialDefaults = SerialDefaults()
     default_unit: int = Field(1, ge=0, le=255)
-    registers: list[RegisterSpec] = Field(min_length=1)
+    registers: list[RegisterSpec] = []
+    bits: list[BitSpec] = []
     writes: dict[str, ModelWrite] = {}
+    coils: dict[str, CoilWrite] = {}
+    # Named writes (registers or coils) done at points of a meeting's day, in order:
+    # before the pre-meeting check (lights on, so the check measures the lit room), before
+    # the meeting (the projector circuit on), and after it (lights off, blinds up, STANDARD §2).
+    before_check: list[str] = []
+    before_meeting: list[str] = []
+    after_meeting: list[str] = []
 
     @property
     def metrics(self) -> list[str]:
-        return [r.metric for r in self.registers]
+        return [r.metric for r in self.registers] + [b.metric for b in self.bits]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeviceModel:
+        if not self.registers and not self.bits:
+            raise ValueError("a model reads at least one register or bit")
+        both = set(self.writes) & set(self.coils)
+        if both:
+            raise ValueError(f"{sorted(both)[0]!r} is both a register write and a coil")
+        for when in ("before_check", "before_meeting", "after_meeting"):
+            for name in getattr(self, when):
+                if name not in self.writes and name not in self.coils:
+                    raise ValueError(f"{when}: {name!r} is not a write or coil of this model")
+        return self
 
 
 class ReadBlock:
     """One request covering several registers; `fields` are (spec, offset-in-block)."""
+
+    @property
+    def reply_bytes(self) -> int:
+        return 2 * self.count
 
     __slots__ = ("address", "count", "fields", "function")
 
@@ -257,9 +309,40 @@ class ReadBlock:
             into[spec.metric] = spec.read(raw, offset * 2)
 
 
+class BitBlock(ReadBlock):
+    """One request covering several coils or discrete inputs; the reply is a bitmap."""
+
+    __slots__ = ("bits",)
+
+    def __init__(self, function: int, address: int, count: int) -> None:
+        super().__init__(function, address, count)
+        self.bits: list[tuple[BitSpec, int]] = []
+
+    @property
+    def reply_bytes(self) -> int:
+        return (self.count + 7) // 8
+
+    def decode_bits(self, bits: Sequence[bool], into: dict[str, Any]) -> None:
+        for spec, offset in self.bits:
+            into[spec.metric] = spec.value(int(bool(bits[offset])))
+
+    def decode_raw(self, raw: bytes, into: dict[str, Any]) -> None:
+        for spec, offset in self.bits:
+            into[spec.metric] = spec.value((raw[offset // 8] >> (offset % 8)) & 1)
+
+
 def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> list[ReadBlock]:
-    """Group a model's registers into as few requests as possible."""
+    """Group a model's registers (and bits) into as few requests as possible."""
     blocks: list[ReadBlock] = []
+    for function in (1, 2):
+        bit_block: BitBlock | None = None
+        for bit in sorted((b for b in model.bits if b.function == function), key=lambda b: b.address):
+            if bit_block is not None and bit.address - bit_block.address < 2000:
+                bit_block.count = max(bit_block.count, bit.address - bit_block.address + 1)
+            else:
+                bit_block = BitBlock(function, bit.address, 1)
+                blocks.append(bit_block)
+            bit_block.bits.append((bit, bit.address - bit_block.address))
     for function in (3, 4):
         specs = sorted(
             (r for r in model.registers if r.function == function), key=lambda r: r.address

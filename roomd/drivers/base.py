@@ -226,3 +226,8 @@ class Driver(ABC):
     async def prewarm(self) -> str | None:
         """Get ready before the meeting (projectors: power on)."""
         return None
+
+    async def prepare_check(self) -> str | None:
+        """Before the pre-meeting check measures the room (lights on). What was done, or
+        None: nothing to do."""
+        return None

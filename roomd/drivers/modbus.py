@@ -17,6 +17,11 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadInputRegistersRequest,
@@ -24,7 +29,8 @@ from pymodbus.pdu.register_message import (
     WriteSingleRegisterRequest,
 )
 
-from ..daemon.profiles import DeviceModel, ReadBlock, load_model, plan_reads
+from ..daemon.checktypes import CheckContext, CheckItem
+from ..daemon.profiles import BitBlock, DeviceModel, ReadBlock, load_model, plan_reads
 from ..daemon.units import Duration
 from ..tcp import stream_transport
 from . import register
@@ -140,6 +146,12 @@ def decode_response(pdu_bytes: bytes) -> ModbusPDU:
         raise DeviceProtocolError(f"undecodable reply {pdu_bytes[:16].hex()}: {exc}") from None
 
 
+_READ_REQUESTS: dict[int, type[ModbusPDU]] = {
+    1: ReadCoilsRequest,
+    2: ReadDiscreteInputsRequest,
+    3: ReadHoldingRegistersRequest,
+    4: ReadInputRegistersRequest,
+}
 _Callback = Callable[[bytes | BaseException], None]
 _READ_REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function, address, count
 _MBAP = struct.Struct(">HHHB")
@@ -167,11 +179,11 @@ def _registers(pdu: bytes, block: ReadBlock) -> bytes:
         )
     if fc != block.function:
         raise DeviceProtocolError(f"reply function {fc} to request function {block.function}")
-    want = 2 * block.count
+    want = block.reply_bytes
     if len(pdu) < 2 or pdu[1] != len(pdu) - 2:
         raise DeviceProtocolError(f"undecodable reply {pdu[:16].hex()}")
     if pdu[1] != want:
-        raise DeviceProtocolError(f"asked {block.count} registers, got {pdu[1] // 2}")
+        raise DeviceProtocolError(f"asked {want} bytes of data, got {pdu[1]}")
     return pdu[2:]
 
 
@@ -513,6 +525,11 @@ class RtuBus:
             self.transport = None
 
 
+def _done(names: list[str]) -> str | None:
+    """Named writes as a person reads them: "lights off, blinds up"."""
+    return ", ".join(name.replace("_", " ") for name in names) or None
+
+
 @register
 class ModbusDriver(Driver):
     kind = "modbus"
@@ -528,6 +545,7 @@ class ModbusDriver(Driver):
         self.blocks: list[ReadBlock] = plan_reads(self.model)
         self._gateway: TcpGateway | None = None
         self._bus: RtuBus | None = None
+        self._switched_for_check: list[str] = []  # coils prepare_check turned, to turn back
         if config.port is not None:
             self._bus = self._shared_bus(config)
 
@@ -598,8 +616,13 @@ class ModbusDriver(Driver):
     async def poll(self) -> Readings:
         readings: Readings = {}
         for block in self.blocks:
-            cls = ReadHoldingRegistersRequest if block.function == 3 else ReadInputRegistersRequest
+            cls = _READ_REQUESTS[block.function]
             reply = await self._request(cls(address=block.address, count=block.count))
+            if isinstance(block, BitBlock):
+                if len(reply.bits) < block.count:
+                    raise DeviceProtocolError(f"asked {block.count} bits, got {len(reply.bits)}")
+                block.decode_bits(reply.bits, readings)
+                continue
             regs = reply.registers
             if len(regs) != block.count:
                 raise DeviceProtocolError(f"asked {block.count} registers, got {len(regs)}")
@@ -649,7 +672,14 @@ class ModbusDriver(Driver):
         return True
 
     async def write(self, name: str, value: float | None = None) -> int:
-        """Write one of the model's named registers (e.g. an unoccupied setpoint)."""
+        """Write one of the model's named registers (e.g. an unoccupied setpoint) or coils
+        (a relay: lights off)."""
+        coil = self.model.coils.get(name)
+        if coil is not None:
+            if value is not None:
+                raise CommandError(f"coil write {name!r} takes no value: it sets {coil.value}")
+            await self._request(WriteSingleCoilRequest(address=coil.address, bits=[coil.value]))
+            return int(coil.value)
         spec = self.model.writes.get(name)
         if spec is None:
             raise CommandError(f"model {self.model.model} has no write {name!r}")
@@ -667,17 +697,67 @@ class ModbusDriver(Driver):
         await self._request(request)
         return words[0] if len(words) == 1 else int.from_bytes(struct.pack(">2H", *words))
 
+    async def _writes(self, names: list[str]) -> str | None:
+        """The model's named writes, in order; what was done, for the event and the log."""
+        for name in names:
+            await self.write(name)
+        return _done(names)
+
     async def shutdown(self) -> str | None:
-        """After the meeting: the model's unoccupied setpoint, where it defines one."""
+        """After the meeting: the model's `after_meeting` writes (lights off, blinds up) and its
+        unoccupied setpoint, where it defines them."""
+        done = await self._writes(self.model.after_meeting)
         spec = self.model.writes.get(UNOCCUPIED)
-        if spec is None:
-            return None
+        if spec is None or UNOCCUPIED in self.model.after_meeting:
+            return done
         await self.write(UNOCCUPIED)
-        return f"climate set to its unoccupied setpoint ({spec.value:g})"
+        setpoint = f"climate set to its unoccupied setpoint ({spec.value:g})"
+        return f"{done}, {setpoint}" if done else setpoint
+
+    async def prewarm(self) -> str | None:
+        return await self._writes(self.model.before_meeting)
+
+    async def prepare_check(self) -> str | None:
+        """The model's `before_check` writes. A coil already in that state is left alone, and
+        only what this switched is switched back after a check far from the meeting."""
+        self._switched_for_check = []
+        written = []
+        for name in self.model.before_check:
+            coil = self.model.coils.get(name)
+            if coil is not None:
+                reply = await self._request(ReadCoilsRequest(address=coil.address, count=1))
+                if bool(reply.bits[0]) == coil.value:
+                    continue
+                self._switched_for_check.append(name)
+            await self.write(name)
+            written.append(name)
+        return _done(written)
+
+    async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
+        """After the check: relays it switched on are switched back unless the meeting is near
+        (as projectors go back to standby): lights left on for two hours are a waste."""
+        switched, self._switched_for_check = self._switched_for_check, []
+        if ctx.keep_on or not switched:
+            return []
+        undo = []
+        for name in switched:
+            coil = self.model.coils[name]
+            back = next(
+                (n for n, c in self.model.coils.items()
+                 if c.address == coil.address and c.value != coil.value),
+                None,
+            )  # fmt: skip
+            if back is not None:
+                undo.append(back)
+        done = await self._writes(undo)
+        return [CheckItem("restored after the check", "done", done, True)] if done else []
 
     def command_specs(self) -> list[CommandSpec]:
         """One form per named write of the model: a button when it writes a fixed value."""
-        specs = []
+        specs = [
+            CommandSpec("write", (ArgSpec("register", fixed=name),), label=name)
+            for name in sorted(self.model.coils)
+        ]
         for reg, spec in sorted(self.model.writes.items()):
             args = [ArgSpec("register", fixed=reg)]
             if spec.value is None:

@@ -14,6 +14,14 @@ from typing import Literal, cast
 
 from pymodbus.framer import FramerRTU, FramerSocket
 from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadCoilsResponse,
+    ReadDiscreteInputsRequest,
+    ReadDiscreteInputsResponse,
+    WriteSingleCoilRequest,
+    WriteSingleCoilResponse,
+)
 from pymodbus.pdu.register_message import (
     ReadHoldingRegistersRequest,
     ReadHoldingRegistersResponse,
@@ -46,6 +54,8 @@ class SimSensor:
     slow_delay: float = 3.0
     pinned: dict[str, float] = field(default_factory=dict)
     written: dict[int, int] = field(default_factory=dict)
+    coils: dict[int, bool] = field(default_factory=dict)  # relays as last switched
+    contacts: dict[str, str | int] = field(default_factory=dict)  # bit metric → state or 0/1
     requests: int = 0
 
     @classmethod
@@ -55,6 +65,36 @@ class SimSensor:
 
     def set(self, **values: float) -> None:
         self.pinned.update(values)
+
+    def set_bits(self, **values: str | int) -> None:
+        """A contact or relay by its metric: set_bits(door="open", lights="on")."""
+        for metric, value in values.items():
+            spec = next((b for b in self.model.bits if b.metric == metric), None)
+            if spec is None:
+                raise KeyError(f"model {self.model.model} has no bit {metric!r}")
+            if spec.function == 1:
+                self.coils[spec.address] = self._bit_of(spec.states, value) == 1
+            else:
+                self.contacts[metric] = value
+
+    @staticmethod
+    def _bit_of(states: tuple[str, str] | None, value: str | int) -> int:
+        if isinstance(value, str):
+            return states.index(value) if states and value in states else 0
+        return 1 if value else 0
+
+    def bits(self, function: int, address: int, count: int) -> list[bool] | None:
+        """Coils (function 1) or discrete inputs (2) at [address, address+count)."""
+        known: dict[int, bool] = {}
+        for spec in self.model.bits:
+            if spec.function == function:
+                value = self.contacts.get(spec.metric, 0)
+                known[spec.address] = self._bit_of(spec.states, value) == 1
+        if function == 1:
+            known.update(self.coils)
+        if not known or address < min(known) or address + count - 1 > max(known):
+            return None
+        return [known.get(a, False) for a in range(address, address + count)]
 
     def value(self, metric: str) -> float:
         if metric in self.pinned:
@@ -90,6 +130,16 @@ class SimSensor:
                 return ExceptionResponse(fc, 2)
             cls = ReadHoldingRegistersResponse if fc == 3 else ReadInputRegistersResponse
             return cls(registers=regs)
+        if fc in (1, 2):
+            bits = self.bits(fc, request.address, request.count)
+            if bits is None:
+                return ExceptionResponse(fc, 2)
+            return (ReadCoilsResponse if fc == 1 else ReadDiscreteInputsResponse)(bits=bits)
+        if fc == 5:
+            if not any(b.function == 1 and b.address == request.address for b in self.model.bits):
+                return ExceptionResponse(fc, 2)
+            self.coils[request.address] = bool(request.bits[0])
+            return WriteSingleCoilResponse(address=request.address, bits=list(request.bits))
         if fc == 6:
             self.written[request.address] = request.registers[0]
             return WriteSingleRegisterResponse(
@@ -98,7 +148,9 @@ class SimSensor:
         return ExceptionResponse(fc, 1)
 
 
-_ = (ReadHoldingRegistersRequest, WriteSingleRegisterRequest)  # registered request decoders
+# registered request decoders
+_ = (ReadHoldingRegistersRequest, WriteSingleRegisterRequest, ReadCoilsRequest)
+_ = (ReadDiscreteInputsRequest, WriteSingleCoilRequest)
 
 
 def _reply_bytes(framer: FramerSocket | FramerRTU, request: ModbusPDU, reply: ModbusPDU) -> bytes:

@@ -91,6 +91,29 @@ async def test_values_exact_over_tcp_and_two_units_share_its_single_client_slot(
         await second.close()
 
 
+async def test_contacts_and_relays_of_the_io_model_over_tcp(tcp_peer: str) -> None:
+    """Discrete inputs (FC02), coils (FC01) and a coil write (FC05) against libmodbus."""
+    io = driver(DriverContext(), "io-8di-8do-room", host=tcp_peer, unit=1, timeout=1.0)
+    try:
+        got = await io.poll()
+        assert got == {
+            "door": "open",
+            "window": "closed",
+            "lights": "off",
+            "blinds": "up",
+            "projector_circuit": "off",
+        }
+        assert await io.prepare_check() == "lights on"
+        assert (await io.poll())["lights"] == "on"
+        assert await io.shutdown() == "lights off, blinds up"
+        after = await io.poll()
+        assert after["lights"] == "off" and after["blinds"] == "up"
+        assert await io.prewarm() == "lights on, projector circuit on"
+        assert (await io.poll())["projector_circuit"] == "on"
+    finally:
+        await io.close()
+
+
 @pytest.fixture
 def rtu_line(libmodbus_server: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     socat = shutil.which("socat")

@@ -5,7 +5,7 @@
  *   libmodbus_server rtu /dev/pts/N BAUD PARITY UNIT
  *
  * The input registers hold the generic-iaq model's layout with fixed values (the tests know them);
- * holding registers accept writes. libmodbus serves one TCP client at a time, like the
+ * holding registers accept writes; 8 coils and 8 discrete inputs for the digital I/O model. libmodbus serves one TCP client at a time, like the
  * RS-485-to-TCP gateways it is built into. */
 #include <errno.h>
 #include <modbus.h>
@@ -30,7 +30,11 @@ int main(int argc, char **argv) {
     int unit = atoi(is_tcp ? argv[4] : argv[5]);
     if (ctx == NULL) { fprintf(stderr, "modbus_new: %s\n", modbus_strerror(errno)); return 1; }
     modbus_set_slave(ctx, unit);
-    modbus_mapping_t *map = modbus_mapping_new(0, 0, 512, 16);
+    /* 8 coils (relays, writable) and 8 discrete inputs: the io-8di-8do-room model's map. */
+    modbus_mapping_t *map = modbus_mapping_new(8, 8, 512, 16);
+    map->tab_input_bits[0] = 1;   /* DI1: the door contact reads open */
+    map->tab_input_bits[1] = 0;   /* DI2: the window is closed */
+    map->tab_bits[1] = 1;         /* DO2: the blinds relay is on (up) */
     /* generic-iaq, FC04: temperature ×100 (int16), humidity ×100, CO₂, lux (uint32), colour temp */
     map->tab_input_registers[0] = (uint16_t)(int16_t)-455; /* −4.55 °C: the sign must survive */
     map->tab_input_registers[1] = 4520;                    /* 45.2 % */
