@@ -185,10 +185,10 @@ class RoomChecker:
             seen = {id(p): p.polls for p in pollers}
             wait = min(30.0, max((p.config.poll + p.config.timeout for p in pollers), default=0))
             deadline = time.monotonic() + wait * 2 + 1  # lamps take a moment; polls may be due
-            while time.monotonic() < deadline and any(
-                p.online and p.polls < seen[id(p)] + 2 for p in pollers
-            ):
-                await asyncio.sleep(0.1)
+            while time.monotonic() < deadline:
+                if not any(p.online and p.polls < seen[id(p)] + 2 for p in pollers):
+                    break
+                await asyncio.sleep(0.1)  # polls are counted, not signalled: look again
         return items
 
     def _environment(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:

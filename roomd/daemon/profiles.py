@@ -336,7 +336,8 @@ def plan_reads(model: DeviceModel, max_gap: int = 4, max_count: int = 120) -> li
     blocks: list[ReadBlock] = []
     for function in (1, 2):
         bit_block: BitBlock | None = None
-        for bit in sorted((b for b in model.bits if b.function == function), key=lambda b: b.address):
+        bits = sorted((b for b in model.bits if b.function == function), key=lambda b: b.address)
+        for bit in bits:
             if bit_block is not None and bit.address - bit_block.address < 2000:
                 bit_block.count = max(bit_block.count, bit.address - bit_block.address + 1)
             else:

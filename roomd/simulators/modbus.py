@@ -148,9 +148,13 @@ class SimSensor:
         return ExceptionResponse(fc, 1)
 
 
-# registered request decoders
-_ = (ReadHoldingRegistersRequest, WriteSingleRegisterRequest, ReadCoilsRequest)
-_ = (ReadDiscreteInputsRequest, WriteSingleCoilRequest)
+REQUESTS = (  # the request decoders the server side registers
+    ReadHoldingRegistersRequest,
+    WriteSingleRegisterRequest,
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteSingleCoilRequest,
+)
 
 
 def _reply_bytes(framer: FramerSocket | FramerRTU, request: ModbusPDU, reply: ModbusPDU) -> bytes:

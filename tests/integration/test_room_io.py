@@ -30,17 +30,13 @@ async def test_lights_blinds_doors_and_windows_over_a_meeting_day(
     lux.source = lambda metric: 650.0 if io.coils.get(0) else 80.0
     sim = await ModbusTcpSim([io, lux]).start()
     fast = {"hold": "0s"}
-    data = site(
-        tmp_path,
-        mosquitto,
-        [
-            {"id": "io", "driver": "modbus", "model": "io-8di-8do-room", "host": sim.address,
-             "poll": "100ms"},
-            {"id": "lux", "driver": "modbus", "model": "rs485-lux", "host": sim.address,
-             "unit": 2, "poll": "100ms"},
-        ],  # fmt: skip
-        thresholds={"window": fast, "illuminance_lux": fast},
-    )
+    devices = [
+        {"id": "io", "driver": "modbus", "model": "io-8di-8do-room", "host": sim.address,
+         "poll": "100ms"},
+        {"id": "lux", "driver": "modbus", "model": "rs485-lux", "host": sim.address,
+         "unit": 2, "poll": "100ms"},
+    ]  # fmt: skip
+    data = site(tmp_path, mosquitto, devices, {"window": fast, "illuminance_lux": fast})
     cfg = write_config(tmp_path / "roomd.yaml", data)
     rec = recorder_factory(mosquitto.port)
     clock = FakeClock(DAY + 7 * HOUR)
