@@ -360,12 +360,23 @@ class RoomConfig(_Strict):
     # Building / floor for the console's filter; without it, read from the name ("A栋 3层").
     group: str | None = Field(None, max_length=80)
     area_m2: float | None = Field(None, gt=0)
+    # For air changes an hour from a measured supply air flow: the volume, or area × height.
+    height_m: float | None = Field(None, gt=0, le=30)
+    volume_m3: float | None = Field(None, gt=0)
     seats: int | None = Field(None, ge=0)
     profile: str | None = None
     thresholds: dict[str, ThresholdOverride] = {}
     calendar: str | list[str] | None = None
     roster: Path | None = None  # CSV `uid,name`: who a card belongs to
     devices: list[dict[str, Any]] = []
+
+    @property
+    def volume(self) -> float | None:
+        if self.volume_m3 is not None:
+            return self.volume_m3
+        if self.area_m2 is not None and self.height_m is not None:
+            return self.area_m2 * self.height_m
+        return None
 
 
 class _SiteModel(_Strict):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .clock import Clock
+from .config import Room
 from .forecast import SAMPLE_EVERY
 from .site import Site
 
@@ -24,6 +25,7 @@ MIN_DECAY = 600.0  # and at least, before a result
 MIN_EXCESS = 150.0  # ppm above outdoors at the start: less is too little signal
 MIN_R2 = 0.9  # a fit worse than this is not reported (a door opened, people came back)
 DEFAULT_OUTDOOR = 420.0
+SUPPLY = "supply_airflow_m3h"  # a device's measured supply air flow into the room
 
 
 @dataclass
@@ -68,6 +70,7 @@ class VentilationEstimator:
         self.site = site
         self.clock = clock
         self._rooms: dict[str, _Room] = {}
+        self.measured: set[str] = set()  # rooms whose ACH comes from a measured air flow
         self._last = -SAMPLE_EVERY
         self.outdoor_seen: float | None = None  # the lowest room CO₂ seen: outdoors, roughly
 
@@ -84,11 +87,35 @@ class VentilationEstimator:
             return
         self._last = now
         for room in self.site.config.rooms:
+            self._measured(room)
             co2 = self.site.room_mean(room.id, "co2_ppm")
             if co2 is None:
                 continue
             self.outdoor_seen = co2 if self.outdoor_seen is None else min(self.outdoor_seen, co2)
             self._room(room.id, co2, now)
+
+    def _measured(self, room: Room) -> None:
+        """ACH from the supply air flow the room's air terminals measure (BACnet), over the
+        room's volume: the first way, where a room has it; the CO₂ decay is then reported as
+        `air_changes_per_hour_co2`, beside it, for comparison."""
+        volume = room.config.volume
+        if volume is None:
+            return
+        flows = [
+            value
+            for p in self.site.room_pollers.get(room.id, {}).values()
+            if p.online and isinstance(value := p.readings.get(SUPPLY), int | float)
+        ]
+        if not flows:
+            if room.id in self.measured:
+                self.measured.discard(room.id)
+                self.site.room_reading(room.id, {"air_changes_per_hour": None})
+            return
+        self.measured.add(room.id)
+        supply = sum(flows)
+        ach = round(supply / volume, 2)
+        detail = f"{ach:g} air changes an hour: supply air {supply:.0f} m³/h over {volume:.0f} m³"
+        self.site.room_reading(room.id, {"air_changes_per_hour": ach}, detail)
 
     def _room(self, room_id: str, co2: float, now: float) -> None:
         r = self._rooms.setdefault(room_id, _Room())
@@ -105,7 +132,11 @@ class VentilationEstimator:
             ):
                 self._finish(room_id, r)
         if r.last is not None:
-            self.site.room_reading(room_id, {"air_changes_per_hour": r.last})
+            self.site.room_reading(room_id, {self._metric(room_id): r.last})
+
+    def _metric(self, room_id: str) -> str:
+        """Where the CO₂ decay's ACH goes: the room's ACH, unless the flow is measured."""
+        return "air_changes_per_hour_co2" if room_id in self.measured else "air_changes_per_hour"
 
     def _finish(self, room_id: str, r: _Room) -> None:
         samples, r.decay, r.started = r.decay, [], None
@@ -125,7 +156,7 @@ class VentilationEstimator:
             f"{fit.minutes:.0f} min, R² {fit.r2:.3f}, outdoor {outdoor:.0f} ppm"
         )
         log.info("%s: %.2f air changes an hour (%s)", room_id, fit.ach, detail)
-        self.site.room_reading(room_id, {"air_changes_per_hour": r.last}, detail)
+        self.site.room_reading(room_id, {self._metric(room_id): r.last}, detail)
         self.site.room_event(
             room_id,
             {

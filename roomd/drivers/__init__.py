@@ -30,6 +30,7 @@ def _load_builtin() -> None:
     # Imported lazily so `roomd validate` does not pay for drivers it does not use twice.
     from . import (  # noqa: F401
         audio_probe,
+        bacnet,
         knx,
         modbus,
         nfc,
