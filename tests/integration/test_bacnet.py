@@ -17,8 +17,8 @@ import pytest
 from roomd.daemon.clock import FakeClock
 from roomd.daemon.config import load_config
 from roomd.daemon.supervisor import Daemon
-from roomd.drivers.base import DeviceRefused, DeviceTimeout, DriverContext
 from roomd.drivers.bacnet import BacnetConfig, BacnetDriver
+from roomd.drivers.base import DeviceRefused, DeviceTimeout, DriverContext
 from tests.conftest import Mosquitto, until, write_config
 from tests.integration.test_daemon import site
 
