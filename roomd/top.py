@@ -44,7 +44,24 @@ SHORT = {
     "illuminance_lux": ("lux", ""),
     "color_temp_k": ("CCT", "K"),
     "cards_read": ("cards", ""),
+    "link_mbps": ("", " Mbit/s"),
+    "link_state": ("link", ""),
+    "wifi_rssi_dbm": ("Wi-Fi", " dBm"),
+    "wifi_clients": ("clients", ""),
+    "supply_airflow_m3h": ("supply", " m³/h"),
+    "ping_loss_pct": ("loss", "%"),
+    "ping_rtt_ms": ("rtt", " ms"),
+    "throughput_mbps": ("", " Mbit/s"),
 }
+# Detail a one-line view leaves out (the console and MQTT have them).
+QUIET = frozenset(
+    {
+        "if_in_errors_per_min", "if_out_errors_per_min", "if_in_discards_per_min",
+        "if_out_discards_per_min", "wifi_rssi_min_dbm", "blinds_position_pct",
+        "throughput_error",
+    }
+)  # fmt: skip
+STATES = ("lights", "blinds", "door", "window", "projector_circuit", "poe_state")
 AUDIO_METRICS = ("sound_level_db", "snr_db")
 
 
@@ -299,12 +316,15 @@ def _readings(readings: dict[str, Any], in_meeting: bool, language: str) -> str:
         return _fmt_probe(readings)
     parts = []
     for metric, value in readings.items():
-        if value is None:
+        if value is None or metric in QUIET:
+            continue
+        if metric in STATES:  # "lights off", "door closed"
+            parts.append(f"{metric.replace('_', ' ')} {value}")
             continue
         short, unit = SHORT.get(metric, (metric, ""))
         if isinstance(value, float):
             value = f"{value:.1f}".rstrip("0").rstrip(".")
-        parts.append(f"{short} {value}{unit}")
+        parts.append(f"{short} {value}{unit}".strip())
     return "  ".join(parts) or "—"
 
 

@@ -17,12 +17,14 @@ import yaml
 
 from ..daemon.units import parse_duration
 from .escvp21 import EscVp21Sim
+from .knx import ROOM_ADDRESSES, KnxGatewaySim
 from .mixer import CALIBRATION_DB, MixerSim, RoomAudio, RtpAudioSource
 from .modbus import ModbusRtuSim, ModbusTcpSim, SimSensor
 from .nfc import ReaderSim, card_uid, tap_script
 from .pjlink import FAULTS as PJ_FAULTS
 from .pjlink import PJLinkSim, ProjectorState, SearchResponder
 from .scenario import SCENARIOS, Scenario
+from .snmp import SnmpAgentSim
 
 
 @dataclass
@@ -43,6 +45,9 @@ class SimRoom:
     audio_source: RtpAudioSource | None = None
     probe_port: int = 0
     planned_main_mute: bool = False
+    knx: KnxGatewaySim | None = None  # lights, blinds, contacts on KNX (r301)
+    access_point: SnmpAgentSim | None = None
+    switch_port: int = 0  # the room's ifIndex on the site's switch
 
     def sensor(self, device: str) -> SimSensor:
         if device in self.tcp:
@@ -60,6 +65,7 @@ class SimulatedSite:
         readers: bool | None = None,
         tap_period: float = 8.0,
         audio: bool = True,
+        building: bool = True,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r} (known: {', '.join(SCENARIOS)})")
@@ -70,6 +76,10 @@ class SimulatedSite:
         self.with_readers = rtu if readers is None else readers  # readers live on ptys too
         self.tap_period = tap_period
         self.with_audio = audio
+        # The room's network (one switch for the site, an access point a room) and its
+        # lights, blinds and contacts (KNX in the first room, a Modbus I/O module elsewhere).
+        self.with_building = building
+        self.switch: SnmpAgentSim | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="roomd-sim-"))
         self._taps: list[asyncio.Task[None]] = []
         self.rooms: list[SimRoom] = []
@@ -130,11 +140,24 @@ class SimulatedSite:
                 )
             if self.with_audio:
                 await self._start_audio(room)
+            if self.with_building:
+                await self._start_building(room)
             self.rooms.append(room)
         if self.with_projectors:
             await self._start_projectors()
         self._task = asyncio.create_task(self._faults(), name="sim-faults")
         return self
+
+    async def _start_building(self, room: SimRoom) -> None:
+        if self.switch is None:
+            self.switch = await SnmpAgentSim().start()
+        room.switch_port = 10 + room.index
+        self.switch.add_port(room.switch_port, mbps=1000)
+        room.access_point = await SnmpAgentSim.access_point([-48, -55, -61, -58]).start()
+        if room.index == 0:
+            room.knx = await KnxGatewaySim().start()
+        else:
+            room.tcp["io"] = await ModbusTcpSim([SimSensor.of("io-8di-8do-room")]).start()
 
     async def _start_audio(self, room: SimRoom) -> None:
         """A mixer (X32 in most rooms, an X-Air with a test player on channel 16 in r302) and
@@ -197,6 +220,10 @@ class SimulatedSite:
                         room.planned_projector_faults = wanted
                 if room.audio is not None and room.mixer is not None:
                     self._apply_audio(room, t)
+                if room.access_point is not None and room.index == 2:
+                    # The demo's r303: its Wi-Fi clients drift away for part of the loop.
+                    weak = self.scenario.name == "demo" and 20 <= t % 90 < 80
+                    room.access_point.clients([-66, -71, -74] if weak else [-48, -55, -61])
             await asyncio.sleep(0.5)
 
     def _apply_audio(self, room: SimRoom, t: float) -> None:
@@ -233,6 +260,12 @@ class SimulatedSite:
                 await room.audio_source.stop()
             if room.mixer is not None:
                 await room.mixer.stop()
+            if room.access_point is not None:
+                room.access_point.close()
+            if room.knx is not None:
+                room.knx.close()
+        if self.switch is not None:
+            self.switch.close()
         if self.search is not None:
             self.search.close()
         shutil.rmtree(self.workdir, ignore_errors=True)  # reader links, rosters
@@ -317,6 +350,7 @@ class SimulatedSite:
                         "poll": "1s",
                     }
                 )
+            devices += self._building_devices(room)
             entry: dict[str, Any] = {"id": room.id, "name": room.name, "area_m2": 60, "seats": 40}
             if room.reader is not None:
                 devices.append(
@@ -341,6 +375,26 @@ class SimulatedSite:
             "profile": "standard",
             "rooms": rooms,
         }
+
+    def _building_devices(self, room: SimRoom) -> list[dict[str, Any]]:
+        devices: list[dict[str, Any]] = []
+        if self.switch is not None and room.switch_port:
+            devices.append(
+                {"id": "port", "driver": "snmp", "model": "if-mib-port",
+                 "host": self.switch.address, "index": room.switch_port, "poll": "10s"}
+            )  # fmt: skip
+        if room.access_point is not None:
+            devices.append(
+                {"id": "wifi", "driver": "snmp", "model": "mikrotik-wireless",
+                 "host": room.access_point.address, "poll": "10s"}
+            )  # fmt: skip
+        if room.knx is not None:
+            devices.append(
+                {"id": "knx", "driver": "knx", "gateway": room.knx.address,
+                 "local_ip": "127.0.0.1", "model": "knx-room", "addresses": ROOM_ADDRESSES,
+                 "poll": "30s"}
+            )  # fmt: skip
+        return devices
 
     def write_config(self, path: Path, **kwargs: Any) -> None:
         text = "# Written by `roomd simulate`: polls the simulated devices it serves.\n"

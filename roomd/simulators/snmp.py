@@ -69,15 +69,19 @@ class SnmpAgentSim(asyncio.DatagramProtocol):
         cls, index: int = 5, mbps: int = 1000, up: bool = True, poe: bool = True, **kw: Any
     ) -> SnmpAgentSim:
         sim = cls(**kw)
-        sim.set(f"{IF_TABLE}.2.{index}", "string", f"GigabitEthernet1/0/{index}")
-        sim.set(f"{IF_TABLE}.8.{index}", "integer", 1 if up else 2)
-        for column in (13, 14, 19, 20):  # in discards, in errors, out discards, out errors
-            sim.set(f"{IF_TABLE}.{column}.{index}", "counter", 0)
-        sim.set(f"{IF_X_TABLE}.1.{index}", "string", f"Gi1/0/{index}")
-        sim.set(f"{IF_X_TABLE}.15.{index}", "gauge", mbps)
-        if poe:
-            sim.set(f"{PETH_PORT_TABLE}.6.1.{index}", "integer", 3)  # deliveringPower
+        sim.add_port(index, mbps, up, poe)
         return sim
+
+    def add_port(self, index: int, mbps: int = 1000, up: bool = True, poe: bool = True) -> None:
+        """One port of a switch: IF-MIB rows, and PoE delivering power."""
+        self.set(f"{IF_TABLE}.2.{index}", "string", f"GigabitEthernet1/0/{index}")
+        self.set(f"{IF_TABLE}.8.{index}", "integer", 1 if up else 2)
+        for column in (13, 14, 19, 20):  # in discards, in errors, out discards, out errors
+            self.set(f"{IF_TABLE}.{column}.{index}", "counter", 0)
+        self.set(f"{IF_X_TABLE}.1.{index}", "string", f"Gi1/0/{index}")
+        self.set(f"{IF_X_TABLE}.15.{index}", "gauge", mbps)
+        if poe:
+            self.set(f"{PETH_PORT_TABLE}.6.1.{index}", "integer", 3)  # deliveringPower
 
     @classmethod
     def access_point(cls, rssi: list[int], **kw: Any) -> SnmpAgentSim:
