@@ -53,6 +53,7 @@ ENVIRONMENT = (
     "throughput_mbps",
 )
 BLOCKING_GRADES = ("I", "II", "III")
+LIGHT = ("illuminance_lux", "color_temp_k")  # what a check waits to see after lights go on
 CHECK_METRICS = ("room_ready", "room_sealed", "bookings")  # the check's own alerts
 
 
@@ -182,14 +183,26 @@ class RoomChecker:
             if done:
                 items.append(CheckItem("prepare", "done", done, True, device=p.config.id))
         if items:
-            seen = {id(p): p.polls for p in pollers}
-            wait = min(30.0, max((p.config.poll + p.config.timeout for p in pollers), default=0))
-            deadline = time.monotonic() + wait * 2 + 1  # lamps take a moment; polls may be due
-            while time.monotonic() < deadline:
-                if not any(p.online and p.polls < seen[id(p)] + 2 for p in pollers):
-                    break
-                await asyncio.sleep(0.1)  # polls are counted, not signalled: look again
+            await self._settle(pollers)
         return items
+
+    @staticmethod
+    async def _settle(pollers: list[Poller]) -> None:
+        """Until the devices that measure light have seen the change: two more polls (the
+        second started after the switch), or a new value pushed (KNX sends it); at most 15 s."""
+        watched = [p for p in pollers if p.online and any(m in p.readings for m in LIGHT)]
+        before = {id(p): (p.polls, [p.readings.get(m) for m in LIGHT]) for p in watched}
+
+        def settled(p: Poller) -> bool:
+            polls, values = before[id(p)]
+            return p.polls >= polls + 2 or [p.readings.get(m) for m in LIGHT] != values
+
+        longest = max((p.config.poll + p.config.timeout for p in watched), default=0.0)
+        deadline = time.monotonic() + min(15.0, 2 * longest + 0.5)
+        while time.monotonic() < deadline:
+            if all(settled(p) for p in watched):
+                break
+            await asyncio.sleep(0.1)  # polls are counted, not signalled: look again
 
     def _environment(self, room: Room, pollers: list[Poller]) -> list[CheckItem]:
         """Climate, air and light within the profile now (no hold time: the room must be right

@@ -28,6 +28,7 @@ log = logging.getLogger("roomd")
 
 RETRY_CAP = 60.0  # seconds: longest wait between retries of an offline device
 TICK = 0.005  # seconds: the scheduler's timer granularity
+FIRST_SPREAD = 5.0  # seconds: the first polls after a start are spread over at most this
 
 
 def backoff(attempt: int, poll: float, cap: float = RETRY_CAP) -> float:
@@ -76,13 +77,14 @@ class PollEngine:
     # ---- membership -------------------------------------------------------------------------
 
     def add(self, config: DeviceConfig, driver: Driver, owner: Any) -> Polled:
-        """Start polling; the first poll falls at a random point of the first interval, so
+        """Start polling; the first poll falls at a random point of the first interval (at most
+        FIRST_SPREAD s: a device polled every minute is known within seconds of a start), so
         5,000 devices do not fire at once."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
         p = Polled(config, driver, owner)
         p.paced = type(driver).next_interval is not Driver.next_interval
         p.done = lambda result: self._finished(p, result)
-        self._schedule(p, loop.time() + random.uniform(0, config.poll))
+        self._schedule(p, loop.time() + random.uniform(0, min(config.poll, FIRST_SPREAD)))
         return p
 
     def remove(self, p: Polled) -> None:

@@ -588,4 +588,6 @@ def _in_use(readings: Readings) -> bool:
         return readings["projector_power"] == "on"
     if "main_mute" in readings:
         return readings["main_mute"] == "off"
+    if "lights" in readings:  # an I/O module or KNX: in use while the room is lit
+        return readings["lights"] == "on"
     return True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, ClassVar
@@ -231,3 +231,18 @@ class Driver(ABC):
         """Before the pre-meeting check measures the room (lights on). What was done, or
         None: nothing to do."""
         return None
+
+
+async def restore_after_check(
+    ctx: CheckContext,
+    switched: list[str],
+    opposite: Callable[[str], str | None],
+    run: Callable[[list[str]], Awaitable[str | None]],
+) -> list[CheckItem]:
+    """After a check far from the meeting, switch back what `prepare_check` switched (lights
+    left on for two hours are a waste), as projectors go back to standby: `opposite` names the
+    action that undoes one, `run` does them and says what was done."""
+    if ctx.keep_on or not switched:
+        return []
+    done = await run([o for name in switched if (o := opposite(name)) is not None])
+    return [CheckItem("restored after the check", "done", done, True)] if done else []

@@ -36,6 +36,7 @@ from .base import (
     DriverContext,
     Readings,
     ReadingValue,
+    restore_after_check,
     split_host,
 )
 
@@ -424,20 +425,16 @@ class KnxDriver(Driver):
 
     async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
         switched, self._switched_for_check = self._switched_for_check, []
-        if ctx.keep_on or not switched:
-            return []
-        undo = []
-        for name in switched:
-            action = self.model.actions[name]
-            back = next(
-                (n for n, a in self.model.actions.items()
-                 if a.point == action.point and a.value != action.value),
-                None,
-            )  # fmt: skip
-            if back is not None:
-                undo.append(back)
-        done = await self._acts(undo)
-        return [CheckItem("restored after the check", "done", done, True)] if done else []
+        return await restore_after_check(ctx, switched, self._opposite, self._acts)
+
+    def _opposite(self, name: str) -> str | None:
+        """The action that undoes `name` (lights_on → lights_off)."""
+        action = self.model.actions[name]
+        return next(
+            (n for n, a in self.model.actions.items()
+             if a.point == action.point and a.value != action.value),
+            None,
+        )  # fmt: skip
 
     def command_specs(self) -> list[CommandSpec]:
         usable = [name for name in sorted(self.model.actions) if self._installed(name)]

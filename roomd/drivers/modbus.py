@@ -47,6 +47,7 @@ from .base import (
     Driver,
     DriverContext,
     Readings,
+    restore_after_check,
     split_host,
 )
 from .serial_port import open_serial
@@ -734,23 +735,17 @@ class ModbusDriver(Driver):
         return _done(written)
 
     async def self_test(self, ctx: CheckContext) -> list[CheckItem]:
-        """After the check: relays it switched on are switched back unless the meeting is near
-        (as projectors go back to standby): lights left on for two hours are a waste."""
         switched, self._switched_for_check = self._switched_for_check, []
-        if ctx.keep_on or not switched:
-            return []
-        undo = []
-        for name in switched:
-            coil = self.model.coils[name]
-            back = next(
-                (n for n, c in self.model.coils.items()
-                 if c.address == coil.address and c.value != coil.value),
-                None,
-            )  # fmt: skip
-            if back is not None:
-                undo.append(back)
-        done = await self._writes(undo)
-        return [CheckItem("restored after the check", "done", done, True)] if done else []
+        return await restore_after_check(ctx, switched, self._opposite, self._writes)
+
+    def _opposite(self, name: str) -> str | None:
+        """The coil write that undoes `name` (lights_on → lights_off)."""
+        coil = self.model.coils[name]
+        return next(
+            (n for n, c in self.model.coils.items()
+             if c.address == coil.address and c.value != coil.value),
+            None,
+        )  # fmt: skip
 
     def command_specs(self) -> list[CommandSpec]:
         """One form per named write of the model: a button when it writes a fixed value."""

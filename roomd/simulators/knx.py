@@ -9,7 +9,6 @@ The frames are xknx's (KNXIPFrame, CEMIFrame), the same bytes as on a real insta
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,8 @@ from xknx.knxip import (
 )
 from xknx.telegram import GroupAddress, IndividualAddress, Telegram
 from xknx.telegram.apci import GroupValueRead, GroupValueResponse, GroupValueWrite
+
+from .udp import UdpServerSim
 
 log = logging.getLogger("roomd.sim.knx")
 
@@ -68,9 +69,8 @@ class KnxRoomState:
     lit_lux: float = 650.0
 
 
-class KnxGatewaySim(asyncio.DatagramProtocol):
+class KnxGatewaySim(UdpServerSim):
     def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
         self.tunnel: _Tunnel | None = None
         self.room = KnxRoomState()
         self.writes: list[tuple[str, Any]] = []  # (group address, value) the client wrote
@@ -120,24 +120,6 @@ class KnxGatewaySim(asyncio.DatagramProtocol):
             self._indicate("1/3/1", GroupValueWrite(self.room.objects["1/3/1"]))
 
     # ---- KNXnet/IP ------------------------------------------------------------------------------
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> KnxGatewaySim:
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        return self
-
-    @property
-    def address(self) -> str:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return f"{host}:{port}"
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.silent:
@@ -216,8 +198,7 @@ class KnxGatewaySim(asyncio.DatagramProtocol):
         self._send(request, tunnel.data)
 
     def _send(self, body: Any, to: tuple[str, int]) -> None:
-        if self.transport is not None:
-            self.transport.sendto(KNXIPFrame.init_from_body(body).to_knx(), to)
+        self.reply(KNXIPFrame.init_from_body(body).to_knx(), to)
 
 
 def _endpoint(hpai: HPAI, addr: tuple[str, int]) -> tuple[str, int]:

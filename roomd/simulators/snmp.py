@@ -8,7 +8,6 @@ garbage is dropped. BER coding is pysnmp's; this file only answers.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
 from typing import Any
@@ -17,6 +16,8 @@ from pyasn1.codec.ber import decoder, encoder
 from pyasn1.type.univ import Null
 from pysnmp.proto import api
 from pysnmp.proto.rfc1902 import Counter32, Counter64, Gauge32, Integer32, OctetString
+
+from .udp import UdpServerSim
 
 log = logging.getLogger("roomd.sim.snmp")
 
@@ -38,12 +39,11 @@ def _key(oid: str) -> tuple[int, ...]:
     return tuple(int(part) for part in oid.strip(".").split("."))
 
 
-class SnmpAgentSim(asyncio.DatagramProtocol):
+class SnmpAgentSim(UdpServerSim):
     def __init__(self, values: dict[str, tuple[str, Any]] | None = None, community: str = "public"):
         self.community = community.encode()
         self.values: dict[tuple[int, ...], tuple[str, Any]] = {}
         self._order: list[tuple[int, ...]] = []
-        self.transport: asyncio.DatagramTransport | None = None
         self.requests = 0
         self.silent = False  # a switch that stopped answering (rebooting, ACL changed)
         for oid, value in (values or {}).items():
@@ -101,25 +101,7 @@ class SnmpAgentSim(asyncio.DatagramProtocol):
             mac = ".".join(str(b) for b in (0x4C, 0x5E, 0x0C, 0, 0, n + 1))
             self.set(f"{MIKROTIK_RTAB_STRENGTH}.{mac}.2", "integer", dbm)
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> SnmpAgentSim:
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, local_addr=(host, port))
-        return self
-
-    @property
-    def address(self) -> str:
-        assert self.transport is not None
-        host, port = self.transport.get_extra_info("sockname")[:2]
-        return f"{host}:{port}"
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
     # ---- the agent ----------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self.silent:
@@ -129,8 +111,8 @@ class SnmpAgentSim(asyncio.DatagramProtocol):
         except Exception as exc:  # garbage: real agents drop it (and count snmpInASNParseErrs)
             log.debug("dropped a datagram from %s: %s", addr, exc)
             return
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+        if reply is not None:
+            self.reply(reply, addr)
 
     def answer(self, data: bytes) -> bytes | None:
         version = int(api.decodeMessageVersion(data))

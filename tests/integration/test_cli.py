@@ -71,7 +71,7 @@ async def test_simulate_run_reload_ack_and_stop(
         wait_file(cfg)
         check = subprocess.run([*ROOMD, "validate", "-c", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stdout
-        assert "2 rooms, 17 devices" in check.stdout
+        assert "2 rooms, 23 devices" in check.stdout
         rec = recorder_factory(mosquitto.port, topic="roomd/#")
         daemon = subprocess.Popen(
             [*ROOMD, "run", "-c", str(cfg)], stderr=subprocess.PIPE, text=True
