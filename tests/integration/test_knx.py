@@ -5,6 +5,7 @@ client; then roomd's own gateway simulator (one tunnel only) and a room on it in
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import subprocess
 import time
@@ -205,3 +206,27 @@ async def test_a_knx_room_over_a_meeting_day(
             await until(lambda: "r301.knx.window.open" in d.book.active, 10, "window alert")
     finally:
         sim.close()
+
+
+def test_home_assistant_sees_contacts_and_switches_lights() -> None:
+    """Room controllers get the door and window as binary sensors and the lights as a switch
+    whose payloads are the driver's own command (KNX `act`, a Modbus coil `write`)."""
+    from roomd.daemon.sinks.homeassistant import DeviceInfo, discovery_configs
+
+    def info(device: str, commands: tuple[str, ...]) -> DeviceInfo:
+        metrics = ("lights", "door", "window", "illuminance_lux")
+        return DeviceInfo("r301", "City Hall 301", device, "", "x", "m", metrics, {}, commands)
+
+    configs = discovery_configs(
+        "homeassistant", "roomd/hq", "hq", {"r301": "City Hall 301"},
+        [info("knx", ("act",)), info("io", ("write",))],
+    )  # fmt: skip
+    door = configs["homeassistant/binary_sensor/roomd_hq_r301_knx/door/config"]
+    assert door["device_class"] == "door" and "== 'open'" in door["value_template"]
+    knx = configs["homeassistant/switch/roomd_hq_r301_knx/lights/config"]
+    assert json.loads(knx["payload_on"]) == {
+        "command": "act", "args": {"action": "lights_on"}, "id": "ha"
+    }  # fmt: skip
+    assert knx["command_topic"] == "roomd/hq/r301/knx/cmd"
+    io = configs["homeassistant/switch/roomd_hq_r301_io/lights/config"]
+    assert json.loads(io["payload_off"])["args"] == {"register": "lights_off"}

@@ -43,12 +43,27 @@ METRICS: dict[str, tuple[str | None, str | None, str | None]] = {
     "signin_latency_s": ("duration", "s", "measurement"),
     "link_mbps": ("data_rate", "Mbit/s", "measurement"),
     "wifi_rssi_dbm": ("signal_strength", "dBm", "measurement"),
+    "wifi_clients": (None, None, "measurement"),
+    "ping_loss_pct": (None, "%", "measurement"),
+    "ping_rtt_ms": ("duration", "ms", "measurement"),
+    "throughput_mbps": ("data_rate", "Mbit/s", "measurement"),
+    "supply_airflow_m3h": ("volume_flow_rate", "m³/h", "measurement"),
+    "damper_pct": (None, "%", "measurement"),
+    "blinds_position_pct": (None, "%", "measurement"),
     "rated_lumens": (None, "lm", None),
     "main_fader_db": (None, "dB", "measurement"),
     "cards_read": (None, None, "total_increasing"),
     "bad_frames": (None, None, "total_increasing"),
 }
-TEXT_METRICS = {"projector_power", "input_name", "input_resolution"}
+TEXT_METRICS = {"projector_power", "input_name", "input_resolution", "link_state", "blinds"}
+# Contacts: binary sensors with Home Assistant's device class, on while "open".
+CONTACTS = {"door": "door", "window": "window"}
+# Relays a room controller may switch: metric → (the on action, the off action); sent as the
+# driver's command (`act` on KNX, `write` of a named coil on a Modbus I/O module).
+RELAYS = {
+    "lights": ("lights_on", "lights_off"),
+    "projector_circuit": ("projector_circuit_on", "projector_circuit_off"),
+}
 PROBLEMS = {
     f"projector_error_{f}" for f in ("fan", "lamp", "temperature", "cover", "filter", "other")
 }
@@ -93,6 +108,18 @@ NAMES = {
     "main_fader_db": N_("Main fader"),
     "link_mbps": N_("Wired link"),
     "wifi_rssi_dbm": N_("Wi-Fi signal"),
+    "link_state": N_("Wired link state"),
+    "wifi_clients": N_("Wi-Fi clients"),
+    "ping_loss_pct": N_("Packet loss"),
+    "ping_rtt_ms": N_("Round trip"),
+    "throughput_mbps": N_("Measured throughput"),
+    "supply_airflow_m3h": N_("Supply air flow"),
+    "damper_pct": N_("Damper"),
+    "door": N_("Door"),
+    "window": N_("Window"),
+    "lights": N_("Lights"),
+    "blinds": N_("Blinds"),
+    "projector_circuit": N_("Projector circuit"),
     "projector_error_fan": N_("Projector fan"),
     "projector_error_lamp": N_("Projector lamp"),
     "projector_error_temperature": N_("Projector temperature"),
@@ -122,6 +149,23 @@ def _slug(*parts: str) -> str:
 def _reading(metric: str) -> str:
     # .get(): a reading not (yet) published renders None (unknown), never a template warning.
     return f"{{{{ value_json.readings.get('{metric}') }}}}"
+
+
+def _relay_command(metric: str, commands: tuple[str, ...]) -> tuple[str, str] | None:
+    """The on and off payloads for a relay the device can switch, or None."""
+    actions = RELAYS.get(metric)
+    if actions is None:
+        return None
+    if "act" in commands:  # KNX
+        args = [{"action": a} for a in actions]
+        name = "act"
+    elif "write" in commands:  # a Modbus I/O module's named coils
+        args = [{"register": a} for a in actions]
+        name = "write"
+    else:
+        return None
+    on, off = (json.dumps({"command": name, "args": a, "id": "ha"}) for a in args)
+    return on, off
 
 
 def discovery_configs(
@@ -247,6 +291,29 @@ def discovery_configs(
                     + metric
                     + "') in ['warning', 'error'] else 'OFF' }}",
                     "device_class": "problem",
+                }
+                continue
+            if metric in CONTACTS:
+                out[f"{ha_prefix}/binary_sensor/{node}/{metric}/config"] = {
+                    **base_cfg,
+                    "value_template": "{{ 'ON' if value_json.readings.get('"
+                    + metric
+                    + "') == 'open' else 'OFF' }}",
+                    "device_class": CONTACTS[metric],
+                }
+                continue
+            relay = _relay_command(metric, d.commands)
+            if relay is not None:
+                out[f"{ha_prefix}/switch/{node}/{metric}/config"] = {
+                    **base_cfg,
+                    "value_template": "{{ 'ON' if value_json.readings.get('"
+                    + metric
+                    + "') == 'on' else 'OFF' }}",
+                    "command_topic": f"{base}/{d.room}/{d.device}/cmd{by}",
+                    "payload_on": relay[0],
+                    "payload_off": relay[1],
+                    "state_on": "ON",
+                    "state_off": "OFF",
                 }
                 continue
             if metric == "main_mute" and "mute" in d.commands:
