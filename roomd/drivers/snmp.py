@@ -18,25 +18,6 @@ from functools import cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pysnmp.hlapi.v3arch.asyncio import (
-    CommunityData,
-    ContextData,
-    ObjectIdentity,
-    ObjectType,
-    SnmpEngine,
-    UdpTransportTarget,
-    UsmUserData,
-    bulk_walk_cmd,
-    get_cmd,
-    usmAesCfb128Protocol,
-    usmDESPrivProtocol,
-    usmHMAC192SHA256AuthProtocol,
-    usmHMACMD5AuthProtocol,
-    usmHMACSHAAuthProtocol,
-    usmNoPrivProtocol,
-)
-from pysnmp.proto.rfc1902 import Counter32, Counter64
-from pysnmp.proto.rfc1905 import EndOfMibView, NoSuchInstance, NoSuchObject
 
 from ..daemon.profiles import load_yaml_model
 from ..daemon.units import Duration
@@ -55,7 +36,15 @@ from .base import (
 )
 
 _OID = re.compile(r"^\d+(\.\d+)+(\.\{index\}(\.\d+)*)?$")
-_COUNTER_WRAP = {Counter32: 2**32, Counter64: 2**64}
+
+
+@cache
+def _lib() -> Any:
+    """pysnmp's high-level API, imported with the first SNMP device (≈ 12 MB that a daemon
+    without SNMP devices does not carry)."""
+    import pysnmp.hlapi.v3arch.asyncio as hlapi
+
+    return hlapi
 
 
 class SnmpValue(BaseModel):
@@ -118,12 +107,13 @@ def load_snmp_model(name_or_path: str) -> SnmpModel:
     return load_yaml_model("snmp", "SNMP model", SnmpModel, name_or_path)
 
 
+# names of pysnmp's protocol identifiers
 _AUTH = {
-    "md5": usmHMACMD5AuthProtocol,
-    "sha": usmHMACSHAAuthProtocol,
-    "sha256": usmHMAC192SHA256AuthProtocol,
+    "md5": "usmHMACMD5AuthProtocol",
+    "sha": "usmHMACSHAAuthProtocol",
+    "sha256": "usmHMAC192SHA256AuthProtocol",
 }
-_PRIV = {"none": usmNoPrivProtocol, "des": usmDESPrivProtocol, "aes": usmAesCfb128Protocol}
+_PRIV = {"none": "usmNoPrivProtocol", "des": "usmDESPrivProtocol", "aes": "usmAesCfb128Protocol"}
 
 
 class SnmpConfig(DeviceConfig):
@@ -174,7 +164,7 @@ class _SharedEngine:
     daemon closes it on stop like other shared resources."""
 
     def __init__(self) -> None:
-        self.engine = SnmpEngine()
+        self.engine = _lib().SnmpEngine()
 
     def close(self) -> None:
         self.engine.close_dispatcher()
@@ -197,7 +187,7 @@ class SnmpDriver(Driver):
         self.walks = [v for v in self.model.values if v.walk is not None]
         # counter metric → (raw value, monotonic time) of the previous poll
         self.counters: dict[str, tuple[int, float]] = {}
-        self._target: UdpTransportTarget | None = None
+        self._target: Any = None  # pysnmp's UdpTransportTarget, made on the first poll
 
     @property
     def metrics(self) -> list[str]:
@@ -207,31 +197,31 @@ class SnmpDriver(Driver):
     def model_name(self) -> str:
         return self.model.model
 
-    def _engine(self) -> SnmpEngine:
+    def _engine(self) -> Any:
         shared = self.context.shared.get("snmp-engine")
         if shared is None:
             shared = self.context.shared["snmp-engine"] = _SharedEngine()
         return shared.engine
 
-    def _auth(self) -> CommunityData | UsmUserData:
-        cfg = self.cfg
+    def _auth(self) -> Any:
+        cfg, lib = self.cfg, _lib()
         if cfg.version == "2c":
-            return CommunityData(cfg.community, mpModel=1)
+            return lib.CommunityData(cfg.community, mpModel=1)
         assert cfg.user is not None
         if cfg.auth_key is None:
-            return UsmUserData(cfg.user)
-        return UsmUserData(
+            return lib.UsmUserData(cfg.user)
+        return lib.UsmUserData(
             cfg.user,
             authKey=cfg.auth_key,
             privKey=cfg.priv_key,
-            authProtocol=_AUTH[cfg.auth_protocol],
-            privProtocol=_PRIV[cfg.priv_protocol if cfg.priv_key else "none"],
+            authProtocol=getattr(lib, _AUTH[cfg.auth_protocol]),
+            privProtocol=getattr(lib, _PRIV[cfg.priv_protocol if cfg.priv_key else "none"]),
         )
 
-    async def _transport(self) -> UdpTransportTarget:
+    async def _transport(self) -> Any:
         if self._target is None:
             host, port = split_host(self.cfg.host, 161)
-            self._target = await UdpTransportTarget.create(
+            self._target = await _lib().UdpTransportTarget.create(
                 (host, port), timeout=self.cfg.timeout, retries=self.cfg.retries
             )
         return self._target
@@ -255,11 +245,12 @@ class SnmpDriver(Driver):
 
     async def poll(self) -> Readings:
         engine, auth, target = self._engine(), self._auth(), await self._transport()
+        lib = _lib()
         readings: Readings = {}
         if self.scalars:
-            binds = [ObjectType(ObjectIdentity(self.oids[v.metric])) for v in self.scalars]
-            indication, status, index, got = await get_cmd(
-                engine, auth, target, ContextData(), *binds, lookupMib=False
+            binds = [lib.ObjectType(lib.ObjectIdentity(self.oids[v.metric])) for v in self.scalars]
+            indication, status, index, got = await lib.get_cmd(
+                engine, auth, target, lib.ContextData(), *binds, lookupMib=False
             )
             self._failed(indication, status, index, got)
             if len(got) != len(self.scalars):
@@ -276,7 +267,8 @@ class SnmpDriver(Driver):
         return readings
 
     def _reading(self, spec: SnmpValue, value: Any, now: float) -> float | int | str | None:
-        if isinstance(value, NoSuchObject | NoSuchInstance | EndOfMibView):
+        lib = _lib()
+        if isinstance(value, lib.NoSuchObject | lib.NoSuchInstance | lib.EndOfMibView):
             if spec.optional:
                 return None
             raise DeviceRefused(
@@ -315,7 +307,14 @@ class SnmpDriver(Driver):
         elapsed = now - then
         delta = raw - last
         if delta < 0:
-            wrap = next((w for t, w in _COUNTER_WRAP.items() if isinstance(value, t)), 0)
+            lib = _lib()
+            wrap = (
+                2**32
+                if isinstance(value, lib.Counter32)
+                else 2**64
+                if isinstance(value, lib.Counter64)
+                else 0
+            )
             # One wrap of a 32-bit counter looks like a small rise; a reset looks like a fall.
             delta = delta + wrap if wrap and last > wrap * 3 // 4 else -1
         if delta < 0 or elapsed <= 0 or elapsed > 3600:
@@ -323,17 +322,18 @@ class SnmpDriver(Driver):
         return round(delta * 60.0 / elapsed * spec.scale, 2)
 
     async def _walk(
-        self, engine: SnmpEngine, auth: Any, target: Any, spec: SnmpValue
+        self, engine: Any, auth: Any, target: Any, spec: SnmpValue
     ) -> float | int | None:
+        lib = _lib()
         numbers: list[float] = []
-        async for indication, status, index, binds in bulk_walk_cmd(
+        async for indication, status, index, binds in lib.bulk_walk_cmd(
             engine,
             auth,
             target,
-            ContextData(),
+            lib.ContextData(),
             0,
             25,
-            ObjectType(ObjectIdentity(self.oids[spec.metric])),
+            lib.ObjectType(lib.ObjectIdentity(self.oids[spec.metric])),
             lexicographicMode=False,
             lookupMib=False,
         ):
