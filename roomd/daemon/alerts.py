@@ -150,14 +150,14 @@ class _DeviceRules:
 
     __slots__ = ("compiled", "idle_metrics", "pairs", "prefix")
 
-    def __init__(self, compiled: dict[str, list[Rule]], prefix: str) -> None:
+    def __init__(
+        self, compiled: dict[str, list[Rule]], idle_metrics: frozenset[str], prefix: str
+    ) -> None:
         self.compiled = compiled
         self.prefix = prefix
         self.pairs: dict[str, list[tuple[Rule, str]]] = {}
-        # Metrics with rules that apply only to an idle room (few: doors, windows, lights).
-        self.idle_metrics = frozenset(
-            m for m, rules in compiled.items() if any(r.idle_only for r in rules)
-        )
+        # Metrics with rules that apply only to a vacant room (doors, windows, lights): shared.
+        self.idle_metrics = idle_metrics
 
     def pairs_for(self, metric: str) -> list[tuple[Rule, str]] | None:
         rules = self.compiled.get(metric)
@@ -187,7 +187,9 @@ class AlertBook:
         # it reports it (a profile names ~30 metrics, a device reports a few): 5,000 devices
         # would otherwise hold ~1 M objects for rules that never apply to them.
         self._rules: dict[tuple[str, str], _DeviceRules] = {}
-        self._compiled: dict[tuple[tuple[str, int], ...], tuple[dict[str, list[Rule]], Any]] = {}
+        self._compiled: dict[
+            tuple[tuple[str, int], ...], tuple[dict[str, list[Rule]], frozenset[str], Any]
+        ] = {}
         self._raising: dict[str, _Pending] = {}
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
@@ -216,8 +218,10 @@ class AlertBook:
         if cached is None:
             if len(self._compiled) > 10_000:  # reloads add keys; never unbounded
                 self._compiled.clear()
-            cached = self._compiled[key] = (compile_rules(thresholds), tuple(thresholds.values()))
-        self._rules[(room, device)] = _DeviceRules(cached[0], f"{room}.{device}.")
+            compiled = compile_rules(thresholds)
+            idle = frozenset(m for m, rules in compiled.items() if any(r.idle_only for r in rules))
+            cached = self._compiled[key] = (compiled, idle, tuple(thresholds.values()))
+        self._rules[(room, device)] = _DeviceRules(cached[0], cached[1], f"{room}.{device}.")
 
     def room_count(self, room: str) -> int:
         return self._by_room.get(room, 0)
