@@ -18,7 +18,7 @@ from roomd.daemon.clock import FakeClock
 from roomd.daemon.config import load_config
 from roomd.daemon.supervisor import Daemon
 from roomd.drivers.bacnet import BacnetConfig, BacnetDriver
-from roomd.drivers.base import DeviceRefused, DeviceTimeout, DriverContext
+from roomd.drivers.base import DeviceProtocolError, DeviceRefused, DeviceTimeout, DriverContext
 from tests.conftest import Mosquitto, until, write_config
 from tests.integration.test_daemon import site
 
@@ -86,6 +86,10 @@ async def test_air_terminal_over_bacnet_ip(vav: VavSim) -> None:
         wrong = bacnet(vav.address, ctx, objects={"co2_ppm": "analog-input,9"})
         with pytest.raises(DeviceRefused, match="analog-input,9 units: object: unknown-object"):
             await wrong.poll()
+        # A sensor fault the device reports as NaN is no reading of 0 or of anything.
+        vav.set("analog-input,1", float("nan"))
+        with pytest.raises(DeviceProtocolError, match="nan is not a finite number"):
+            await d.poll()
         vav.stop()
         with pytest.raises(DeviceTimeout, match="no BACnet reply"):
             await d.poll()

@@ -230,3 +230,23 @@ def test_home_assistant_sees_contacts_and_switches_lights() -> None:
     assert knx["command_topic"] == "roomd/hq/r301/knx/cmd"
     io = configs["homeassistant/switch/roomd_hq_r301_io/lights/config"]
     assert json.loads(io["payload_off"])["args"] == {"register": "lights_off"}
+
+
+async def test_telegrams_of_the_wrong_type_are_ignored() -> None:
+    """A misconfigured device sending a 1-bit value to the lux sensor's address, or a lux value
+    to a contact's: the reading keeps its last good value; nothing is taken for what it is not."""
+    from xknx.dpt import DPTArray
+
+    sim = await KnxGatewaySim().start()
+    d = knx_driver(sim.address)
+    try:
+        assert (await d.poll())["illuminance_lux"] == 80
+        sim._set("1/3/1", DPTBinary(1), announce=True)  # 1 bit where a 2-byte float belongs
+        sim._set("1/2/2", DPTArray((0x0C, 0x1A)), announce=True)  # 2 bytes to a contact
+        sim.set_contact("1/2/1", True)  # then a good telegram: it arrives
+        await until(lambda: d.values.get("door") == "open", 5, "good telegram")
+        assert d.values["illuminance_lux"] == 80 and d.values["window"] == "closed"
+    finally:
+        await d.close()
+        await asyncio.sleep(0.1)
+        sim.close()

@@ -19,7 +19,13 @@ import pytest
 
 from roomd.daemon.config import load_config
 from roomd.daemon.supervisor import Daemon
-from roomd.drivers.base import DeviceAuthError, DeviceRefused, DeviceTimeout, DriverContext
+from roomd.drivers.base import (
+    DeviceAuthError,
+    DeviceProtocolError,
+    DeviceRefused,
+    DeviceTimeout,
+    DriverContext,
+)
 from roomd.drivers.snmp import SnmpConfig, SnmpDriver
 from roomd.simulators.snmp import IF_TABLE, IF_X_TABLE, MIKROTIK_RTAB_STRENGTH, SnmpAgentSim
 from tests.conftest import Mosquitto, free_port, until, write_config
@@ -266,3 +272,27 @@ async def test_room_network_in_the_daemon_and_its_check(
         await asyncio.gather(task, return_exceptions=True)
         switch.close()
         ap.close()
+
+
+async def test_an_agent_answering_nonsense_is_refused_precisely() -> None:
+    """Values of the wrong type, a state code nobody defined, a huge client table: bounded,
+    named, and the next good answer is read again."""
+    sim = await SnmpAgentSim.switch_port(index=5).start()
+    try:
+        d = driver(sim.address)
+        sim.set(f"{IF_X_TABLE}.15.5", "string", "fast")
+        with pytest.raises(DeviceProtocolError, match="link_mbps: fast is not a number"):
+            await d.poll()
+        sim.set(f"{IF_X_TABLE}.15.5", "gauge", 100)
+        sim.set(f"{IF_TABLE}.8.5", "integer", 42)
+        assert (await d.poll())["link_state"] == "unknown_42"  # not an alert, not a crash
+        ap = SnmpAgentSim.access_point([-60] * 10_050)
+        await ap.start()
+        try:
+            wifi = driver(ap.address, model="mikrotik-wireless", index=None, timeout=5.0)
+            with pytest.raises(DeviceProtocolError, match="over 10,000 rows"):
+                await wifi.poll()
+        finally:
+            ap.close()
+    finally:
+        sim.close()
