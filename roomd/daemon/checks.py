@@ -167,7 +167,7 @@ class RoomChecker:
 
     async def _prepare(self, pollers: list[Poller]) -> list[CheckItem]:
         """What devices do before the room is measured (an I/O module switches the lights on),
-        then one more poll of every device, so the illuminance is that of the lit room."""
+        then a wait until the light sensors have seen it, so the illuminance is the lit room's."""
         items = []
         for p in pollers:
             if not p.online:
@@ -177,8 +177,10 @@ class RoomChecker:
                     done = await p.driver.prepare_check()
             except (DeviceError, CommandError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
-                items.append(CheckItem("prepare", "done", f"failed: {reason}", False))
-                items[-1].device = p.config.id
+                failed = CheckItem(
+                    "prepare", "done", f"failed: {reason}", False, device=p.config.id
+                )
+                items.append(failed)
                 continue
             if done:
                 items.append(CheckItem("prepare", "done", done, True, device=p.config.id))

@@ -13,6 +13,7 @@ four).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from functools import cache
@@ -234,10 +235,18 @@ class KnxTunnel:
         for address, callbacks in list(self.listeners.items()):
             self.listeners[address] = [c for c in callbacks if c is not callback]
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        """Disconnect the tunnel (a DISCONNECT_REQUEST, so the interface frees it at once)."""
         xknx, self.xknx = self.xknx, None
         if xknx is not None:
-            asyncio.get_event_loop().create_task(_quietly_stop(xknx))
+            await _quietly_stop(xknx)
+
+    def close(self) -> None:
+        """The daemon's last resort on stop (its devices' close() normally did it already)."""
+        xknx, self.xknx = self.xknx, None
+        if xknx is not None:
+            with contextlib.suppress(RuntimeError):  # no loop running any more
+                asyncio.get_running_loop().create_task(_quietly_stop(xknx))
 
 
 async def _quietly_stop(xknx: Any) -> None:
@@ -459,7 +468,7 @@ class KnxDriver(Driver):
         tunnel.forget(self._on_telegram)
         tunnel.users -= 1
         if tunnel.users <= 0:
-            tunnel.close()
             for key, value in list(self.context.shared.items()):
                 if value is tunnel:
                     del self.context.shared[key]
+            await tunnel.aclose()
