@@ -89,12 +89,6 @@ class KnxGatewaySim(UdpServerSim):
         """A door or window contact changes: its state telegram goes on the bus."""
         self._set(address, DPTBinary(1 if is_open else 0), announce=True)
 
-    def set_temperature(self, celsius: float) -> None:
-        self._set("1/3/2", DPTTemperature.to_knx(celsius), announce=True)
-
-    def value(self, address: str) -> Any:
-        return self.room.objects.get(address)
-
     @property
     def lights_on(self) -> bool:
         value = self.room.objects["1/0/2"]

@@ -44,7 +44,6 @@ class SnmpAgentSim(UdpServerSim):
         self.community = community.encode()
         self.values: dict[tuple[int, ...], tuple[str, Any]] = {}
         self._order: list[tuple[int, ...]] = []
-        self.requests = 0
         self.silent = False  # a switch that stopped answering (rebooting, ACL changed)
         for oid, value in (values or {}).items():
             self.set(oid, *value)
@@ -120,7 +119,6 @@ class SnmpAgentSim(UdpServerSim):
         msg, _ = decoder.decode(data, asn1Spec=pmod.Message())
         if bytes(pmod.apiMessage.get_community(msg)) != self.community:
             return None  # wrong community: silence, as snmpd does
-        self.requests += 1
         req = pmod.apiMessage.get_pdu(msg)
         rsp = pmod.apiMessage.get_response(msg)
         rsp_pdu = pmod.apiMessage.get_pdu(rsp)

@@ -24,10 +24,10 @@ from roomd.daemon.clock import FakeClock
 from roomd.drivers.base import DeviceUnreachable, DriverContext
 from roomd.drivers.knx import KnxConfig, KnxDriver
 from roomd.simulators.knx import ROOM_ADDRESSES, KnxGatewaySim
+from roomd.simulators.site import _free_port
 from tests.conftest import Mosquitto, until, write_config
 from tests.integration.test_daemon import site
 from tests.integration.test_meetings import DAY, HOUR, at, checks, daemon_at, events
-from tests.integration.test_snmp import free_udp_port
 
 
 def tunnel(port: int) -> ConnectionConfig:
@@ -45,7 +45,7 @@ def knxd(tmp_path: Path) -> Iterator[int]:
     binary = shutil.which("knxd") or "/usr/bin/knxd"
     if not Path(binary).exists():
         pytest.fail("knxd is not installed: run ./scripts/test, which installs it")
-    port = free_udp_port()
+    port = _free_port(udp=True)
     ini = tmp_path / "knxd.ini"
     # Tunnelling only: no `router` (multicast routing) and no discovery, so nothing is sent to
     # 224.0.23.12; bound to the loopback interface. The bus behind it is a dummy.
@@ -156,7 +156,7 @@ async def test_simulator_takes_one_tunnel_and_answers_reads() -> None:
         with pytest.raises(DeviceUnreachable, match="no KNX tunnel"):
             await second.poll()  # a second tunnel: E_NO_MORE_CONNECTIONS, as a 1-tunnel interface
         assert await first.act("lights_on") == "lights on"
-        assert sim.lights_on
+        assert sim.lights_on and sim.writes == [("1/0/1", DPTBinary(1))]
         await until(lambda: first.values.get("illuminance_lux") == 650, 5, "lux follows")
     finally:
         await first.close()
@@ -241,8 +241,9 @@ async def test_telegrams_of_the_wrong_type_are_ignored() -> None:
     d = knx_driver(sim.address)
     try:
         assert (await d.poll())["illuminance_lux"] == 80
-        sim._set("1/3/1", DPTBinary(1), announce=True)  # 1 bit where a 2-byte float belongs
-        sim._set("1/2/2", DPTArray((0x0C, 0x1A)), announce=True)  # 2 bytes to a contact
+        # Sent as they are, nothing after them repeating the good values.
+        sim._indicate("1/3/1", GroupValueWrite(DPTBinary(1)))  # 1 bit where 2 bytes belong
+        sim._indicate("1/2/2", GroupValueWrite(DPTArray((0x0C, 0x1A))))  # 2 bytes to a contact
         sim.set_contact("1/2/1", True)  # then a good telegram: it arrives
         await until(lambda: d.values.get("door") == "open", 5, "good telegram")
         assert d.values["illuminance_lux"] == 80 and d.values["window"] == "closed"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,18 +26,14 @@ from roomd.drivers.base import (
     DriverContext,
 )
 from roomd.drivers.snmp import SnmpConfig, SnmpDriver
+from roomd.simulators.site import _free_port
 from roomd.simulators.snmp import IF_TABLE, IF_X_TABLE, MIKROTIK_RTAB_STRENGTH, SnmpAgentSim
-from tests.conftest import Mosquitto, free_port, until, write_config
+from tests.conftest import Mosquitto, until, write_config
+from tests.integration.test_daemon import site
 
 PASS = Path(__file__).parent.parent / "peers" / "snmp_pass.py"
 MODULES = ("-I", "-ifTable,ifXTable,interfaces")
 SUBTREES = (IF_TABLE, IF_X_TABLE, "1.3.6.1.2.1.105.1.1.1", MIKROTIK_RTAB_STRENGTH)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Snmpd:
@@ -48,7 +43,7 @@ class Snmpd:
         binary = shutil.which("snmpd") or "/usr/sbin/snmpd"
         if not Path(binary).exists():
             pytest.fail("snmpd is not installed: run ./scripts/test, which installs it")
-        self.port = free_udp_port()
+        self.port = _free_port(udp=True)
         self.values_file = workdir / "values.json"
         self.values: dict[str, list[Any]] = {}
         self.write()
@@ -203,38 +198,14 @@ async def test_room_network_in_the_daemon_and_its_check(
     switch = await SnmpAgentSim.switch_port(index=5, mbps=1000).start()
     ap = await SnmpAgentSim.access_point([-52, -58, -60]).start()
     fast = {"hold": "0s"}
-    cfg = write_config(
-        tmp_path / "roomd.yaml",
-        {
-            "site": "hq",
-            "mqtt": {"url": mosquitto.url},
-            "http": {"listen": f"127.0.0.1:{free_port()}"},
-            "state_dir": str(tmp_path / "state"),
-            "rooms": [
-                {
-                    "id": "r301",
-                    "thresholds": {"link_mbps": fast, "wifi_rssi_dbm": fast, "link_state": fast},
-                    "devices": [
-                        {
-                            "id": "port",
-                            "driver": "snmp",
-                            "model": "if-mib-port",
-                            "index": 5,
-                            "host": switch.address,
-                            "poll": "100ms",
-                        },
-                        {
-                            "id": "wifi",
-                            "driver": "snmp",
-                            "model": "mikrotik-wireless",
-                            "host": ap.address,
-                            "poll": "100ms",
-                        },
-                    ],
-                }
-            ],
-        },
-    )
+    devices = [
+        {"id": "port", "driver": "snmp", "model": "if-mib-port", "index": 5,
+         "host": switch.address, "poll": "100ms"},
+        {"id": "wifi", "driver": "snmp", "model": "mikrotik-wireless", "host": ap.address,
+         "poll": "100ms"},
+    ]  # fmt: skip
+    thresholds = {"link_mbps": fast, "wifi_rssi_dbm": fast, "link_state": fast}
+    cfg = write_config(tmp_path / "roomd.yaml", site(tmp_path, mosquitto, devices, thresholds))
     daemon = Daemon(load_config(cfg))
     task = asyncio.create_task(daemon.run())
     try:
