@@ -12,7 +12,10 @@ pinned to CPU 1; each contender in turn runs pinned to CPU 0. Measured per conte
   1500 ppm; the alert's retained message is timed) and memory over the window.
 
 Usage: python bench/compare.py --devices 5000 --warmup 20 --window 60
-       [--contenders roomd,naive,nodered]
+       [--contenders roomd,naive,nodered,floor]
+
+`floor` (bench/floor_poller.py) is not a peer but a yardstick: the least a Python process can
+spend on this job here (uvloop, a bare protocol per device, no rules, state or timeouts).
 """
 
 from __future__ import annotations
@@ -145,9 +148,10 @@ def start_contender(name: str, work: Path, ports_file: Path, mqtt_port: int, arg
             extra = ["--workers", name.removeprefix("roomd-w")]
         cmd = [sys.executable, "-m", "roomd", "--log-level", "warning", "run", "-c", str(cfg)]
         return subprocess.Popen([*pin, *cmd, *extra], cwd=ROOT)
-    if name == "naive":
-        cmd = [sys.executable, str(BENCH / "naive_poller.py"), str(ports_file), str(mqtt_port)]
-        return subprocess.Popen([*pin, *cmd, str(args.poll)], cwd=ROOT)
+    if name in ("naive", "floor"):
+        script = BENCH / f"{name}_poller.py"
+        cmd = [sys.executable, str(script), str(ports_file), str(mqtt_port), str(args.poll)]
+        return subprocess.Popen([*pin, *cmd], cwd=ROOT)
     if name == "nodered":
         cmd = [sys.executable, str(BENCH / "nodered_peer.py"), "--ports-file", str(ports_file)]
         cmd += ["--mqtt-port", str(mqtt_port), "--work", str(work / "nodered")]
@@ -287,7 +291,7 @@ def main() -> int:
             "results": results,
         }
         by = {r["contender"]: r["us_per_poll"] for r in results}
-        for peer in ("naive", "nodered"):
+        for peer in ("naive", "nodered", "floor"):
             for me in [c for c in by if c.startswith("roomd")]:
                 if peer in by:
                     summary[f"{me}/{peer}"] = round(by[me] / by[peer], 2)

@@ -145,19 +145,48 @@ def _message(rule: Rule, value: float | str) -> str:
     return f"{rule.label} {_fmt(value, rule.unit, n)} {side} {_fmt(limit, rule.unit, n)}"
 
 
+def quiet_bands(compiled: Mapping[str, list[Rule]]) -> dict[str, tuple[float, float] | None]:
+    """Per metric, the open band of values no rule of it finds violated (None: a metric whose
+    rules mix numeric limits and states, always checked rule by rule). A value strictly inside
+    is quiet; the band is conservative at its edges (an inclusive limit's own value is checked
+    in full)."""
+    bands: dict[str, tuple[float, float] | None] = {}
+    for metric, rules in compiled.items():
+        if any(r.kind == "state" for r in rules):
+            bands[metric] = None
+            continue
+        lo, hi = float("-inf"), float("inf")
+        for r in rules:
+            assert isinstance(r.limit, int | float)
+            if r.kind == "max":
+                hi = min(hi, float(r.limit))
+            else:
+                lo = max(lo, float(r.limit))
+        bands[metric] = (lo, hi)
+    return bands
+
+
 class _DeviceRules:
     """One device's rules: shared compiled rules, and its alert ids built on first use."""
 
-    __slots__ = ("compiled", "idle_metrics", "pairs", "prefix")
+    __slots__ = ("bands", "compiled", "idle_metrics", "pairs", "prefix", "raising")
 
     def __init__(
-        self, compiled: dict[str, list[Rule]], idle_metrics: frozenset[str], prefix: str
+        self,
+        compiled: dict[str, list[Rule]],
+        idle_metrics: frozenset[str],
+        prefix: str,
+        bands: dict[str, tuple[float, float] | None],
     ) -> None:
         self.compiled = compiled
         self.prefix = prefix
         self.pairs: dict[str, list[tuple[Rule, str]]] = {}
         # Metrics with rules that apply only to a vacant room (doors, windows, lights): shared.
         self.idle_metrics = idle_metrics
+        self.bands = bands  # shared, as `compiled` is
+        # alert id → since when its limit has been crossed, waiting for the rule's hold time.
+        # Kept per device: a device with none and no active alert takes the quiet path.
+        self.raising: dict[str, _Pending] = {}
 
     def pairs_for(self, metric: str) -> list[tuple[Rule, str]] | None:
         rules = self.compiled.get(metric)
@@ -172,6 +201,10 @@ class _Pending:
     since: float  # monotonic time the condition started
 
 
+Bands = dict[str, tuple[float, float] | None]
+# compiled rules, idle-only metrics, the thresholds (kept alive for their ids), quiet bands
+_Compiled = tuple[dict[str, list[Rule]], frozenset[str], Any, Bands]
+_NO_RULES: Any = object()  # a metric no rule watches
 _MORE_SEVERE: dict[Severity, Severity] = {"IV": "III", "III": "II", "II": "I", "I": "I"}
 
 
@@ -187,10 +220,7 @@ class AlertBook:
         # it reports it (a profile names ~30 metrics, a device reports a few): 5,000 devices
         # would otherwise hold ~1 M objects for rules that never apply to them.
         self._rules: dict[tuple[str, str], _DeviceRules] = {}
-        self._compiled: dict[
-            tuple[tuple[str, int], ...], tuple[dict[str, list[Rule]], frozenset[str], Any]
-        ] = {}
-        self._raising: dict[str, _Pending] = {}
+        self._compiled: dict[tuple[tuple[str, int], ...], _Compiled] = {}
         self._clearing: dict[str, _Pending] = {}
         self._by_room: dict[str, int] = {}
         self._by_device: dict[tuple[str, str], int] = {}
@@ -220,8 +250,14 @@ class AlertBook:
                 self._compiled.clear()
             compiled = compile_rules(thresholds)
             idle = frozenset(m for m, rules in compiled.items() if any(r.idle_only for r in rules))
-            cached = self._compiled[key] = (compiled, idle, tuple(thresholds.values()))
-        self._rules[(room, device)] = _DeviceRules(cached[0], cached[1], f"{room}.{device}.")
+            bands = quiet_bands(compiled)
+            cached = self._compiled[key] = (compiled, idle, tuple(thresholds.values()), bands)
+        dev = _DeviceRules(cached[0], cached[1], f"{room}.{device}.", cached[3])
+        before = self._rules.get((room, device))
+        if before is not None and before.raising:  # a reload keeps hold times already running
+            ids = {f"{dev.prefix}{m}.{r.rule}" for m, rules in dev.compiled.items() for r in rules}
+            dev.raising = {k: v for k, v in before.raising.items() if k in ids}
+        self._rules[(room, device)] = dev
 
     def room_count(self, room: str) -> int:
         return self._by_room.get(room, 0)
@@ -240,10 +276,23 @@ class AlertBook:
         dev = self._rules.get((room, device))
         if dev is None or not dev.compiled:
             return []
+        raising = dev.raising
+        if not raising and not self._by_device.get((room, device)):
+            # The common case: nothing active or pending on this device, every value inside
+            # its quiet band. Exactly what the full pass below would conclude, cheaper.
+            bands = dev.bands
+            for metric, value in readings.items():
+                band = bands.get(metric, _NO_RULES)
+                if band is _NO_RULES or value is None:
+                    continue
+                if band is None or isinstance(value, str) or not band[0] < value < band[1]:
+                    break
+            else:
+                return []
         rules = dev.pairs
         out: list[Transition] = []
         now = -1.0  # read the clock only when a hold or clear timer is involved
-        active, raising, clearing = self.active, self._raising, self._clearing
+        active, clearing = self.active, self._clearing
         idle = room in self.idle_rooms
         # idle_only rules apply to vacant rooms only (no meeting now or soon)
         busy_skip = None if room in self.vacant_rooms else dev.idle_metrics
@@ -254,13 +303,13 @@ class AlertBook:
                 if metric_rules is None:
                     continue
             if value is None:
-                out.extend(self._not_applicable(metric_rules))
+                out.extend(self._not_applicable(dev, metric_rules))
                 continue
             if idle and any(rule.in_use_only for rule, _ in metric_rules):
-                out.extend(self._not_applicable([r for r in metric_rules if r[0].in_use_only]))
+                out.extend(self._not_applicable(dev, [r for r in metric_rules if r[0].in_use_only]))
                 metric_rules = [r for r in metric_rules if not r[0].in_use_only]
             elif busy_skip and metric in busy_skip:
-                out.extend(self._not_applicable([r for r in metric_rules if r[0].idle_only]))
+                out.extend(self._not_applicable(dev, [r for r in metric_rules if r[0].idle_only]))
                 metric_rules = [r for r in metric_rules if not r[0].idle_only]
             v: float | str = value if isinstance(value, str) else float(value)
             raised: list[Transition] = []  # after this metric's clears: low clears, high raises
@@ -295,10 +344,10 @@ class AlertBook:
                 out.extend(raised)
         return out
 
-    def _not_applicable(self, rules: list[tuple[Rule, str]]) -> list[Transition]:
+    def _not_applicable(self, dev: _DeviceRules, rules: list[tuple[Rule, str]]) -> list[Transition]:
         out = []
         for _rule, alert_id in rules:
-            self._raising.pop(alert_id, None)
+            dev.raising.pop(alert_id, None)
             current = self.active.get(alert_id)
             if current is not None:
                 self._clearing.pop(alert_id, None)
@@ -365,6 +414,8 @@ class AlertBook:
         prefix = f"{room}." if device is None else f"{room}.{device}."
         gone = [a for k, a in self.active.items() if k.startswith(prefix)]
         for alert in gone:
-            self._raising.pop(alert.id, None)
+            dev = self._rules.get((alert.room, alert.device))
+            if dev is not None:
+                dev.raising.pop(alert.id, None)
             self._clearing.pop(alert.id, None)
         return [self._clear(a, a.value, reason) for a in gone]

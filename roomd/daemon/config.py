@@ -85,6 +85,10 @@ class MqttConfig(_Strict):
     # messages always use QoS 1 through the outbox. 0 halves the broker traffic of a large
     # fleet; nothing is lost that matters, as every state is re-sent after a reconnect.
     state_qos: Literal[0, 1] = 1
+    # A number that moved past its deadband is re-published at most this often per device (a
+    # noisy sensor polled every second would otherwise put every poll on the bus); text
+    # states (power, lamp, contacts), availability and a changed set of readings go at once.
+    state_min_interval: Duration = Field(5.0, ge=0, le=300)
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
@@ -292,21 +292,59 @@ class ReadBlock:
     def reply_bytes(self) -> int:
         return 2 * self.count
 
-    __slots__ = ("address", "count", "fields", "function")
+    __slots__ = ("_plan", "address", "count", "fields", "function")
 
     def __init__(self, function: int, address: int, count: int) -> None:
         self.function = function
         self.address = address
         self.count = count
         self.fields: list[tuple[RegisterSpec, int]] = []
+        self._plan: _BlockPlan | bool | None = None  # built on first decode
 
     def decode(self, regs: Sequence[int], into: dict[str, Any]) -> None:
         self.decode_raw(struct.pack(f">{len(regs)}H", *regs), into)
 
     def decode_raw(self, raw: bytes, into: dict[str, Any]) -> None:
         """From the registers as they came on the wire (big-endian words)."""
-        for spec, offset in self.fields:
-            into[spec.metric] = spec.read(raw, offset * 2)
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._make_plan()
+        if plan is False:
+            for spec, offset in self.fields:
+                into[spec.metric] = spec.read(raw, offset * 2)
+            return
+        assert isinstance(plan, tuple)
+        unpack, post = plan
+        # Every field in one unpack; then each as RegisterSpec.read would give it.
+        for (metric, integral, scale, add, decimals), value in zip(post, unpack(raw), strict=True):
+            if integral:
+                into[metric] = value
+            elif decimals is None:
+                into[metric] = value * scale + add
+            else:
+                into[metric] = round(value * scale + add, decimals)
+
+    def _make_plan(self) -> _BlockPlan | bool:
+        """One struct for the whole block when its fields are big-endian and do not overlap
+        (the Modbus norm); False: decode field by field."""
+        fmt, at, post = ">", 0, []
+        for spec, offset in sorted(self.fields, key=lambda f: f[1]):
+            if spec.word_order != "big" or spec.byte_order != "big" or offset < at:
+                return False
+            if offset > at:
+                fmt += f"{2 * (offset - at)}x"
+            fmt += _STRUCT[spec.type]
+            at = offset + spec.width
+            integral = spec.type != "float32" and spec.scale == 1.0 and spec.offset == 0.0
+            post.append((spec.metric, integral, spec.scale, spec.offset, spec.decimals))
+        if 2 * at > self.reply_bytes:
+            return False
+        return struct.Struct(fmt).unpack_from, post
+
+
+_BlockPlan = tuple[
+    Callable[[bytes], tuple[Any, ...]], list[tuple[str, bool, float, float, int | None]]
+]
 
 
 class BitBlock(ReadBlock):

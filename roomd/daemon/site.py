@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("roomd")
 
 STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this often
+_NUMBER, _AT_ONCE = object(), object()  # what moved since the last published state
 
 
 ROOM_STATES = ("ready", "degraded", "not_ready", "offline", "waiting")
@@ -73,6 +74,11 @@ class Poller:
     observe: Callable[[float], None] = field(default=lambda seconds: None, repr=False)
     state_topic: str = ""  # built on first publish
     info_seen: bool = False  # the device has said what it is (driver.info)
+    room_id: str = field(init=False)  # the room's and device's ids, read on every poll
+    dev_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.room_id, self.dev_id = self.room.id, self.config.id
 
     @property
     def parked(self) -> bool:
@@ -165,50 +171,59 @@ class Site:
             return True
         return shard_of(room_id, shard[1], self.config.shard_map) == shard[0]
 
-    def readings(self, p: Poller, readings: Readings) -> None:
-        room_id, dev_id = p.room.id, p.config.id
+    def readings(self, p: Poller, readings: Readings, took: float = -1.0) -> None:
+        """A poll's readings (`took`: how long it took), or readings pushed between polls."""
+        room_id, dev_id = p.room_id, p.dev_id
+        if took >= 0:
+            p.observe(took)
         p.polls += 1
-        p.read_at = self.clock.monotonic()
+        now = p.read_at = self.clock.monotonic()
         if p.online is not True:
             if p.online is False:
                 log.info("%s/%s back online after %d failed polls", room_id, dev_id, p.failures)
             p.online, p.failures, p.error = True, 0, ""
             self.emit(self.book.observe(room_id, dev_id, {"online": 1}))
-        changed = readings != p.readings
+        before = p.published
         p.readings = readings
         transitions = self.book.observe(room_id, dev_id, readings)
         if transitions:
             self.emit(transitions)
-        if (
-            p.published is None
-            or p.published[0] is not True
-            or (changed and self._moved(p, readings))
-            or self.clock.monotonic() - p.published_at > STATE_HEARTBEAT
-        ):
+        if before is None or before[0] is not True or now - p.published_at > STATE_HEARTBEAT:
             self.publish_device(p)
+        elif readings != before[1]:  # against the published state: a held-back move stays due
+            moved = self._moved(before[1], readings, p.deadbands)
+            # Pushed readings (a command's effect, a notification) are not held back.
+            if moved is _AT_ONCE or (
+                moved and (took < 0 or now - p.published_at >= self.config.mqtt.state_min_interval)
+            ):
+                self.publish_device(p)
 
     @staticmethod
-    def _moved(p: Poller, readings: Readings) -> bool:
-        """Has any reading moved past its deadband since the last published state?"""
-        assert p.published is not None
-        last = p.published[1]
+    def _moved(last: Readings, readings: Readings, deadbands: dict[str, float]) -> object:
+        """What moved since the last published state: None (nothing past its deadband),
+        _NUMBER (a measured value past its deadband: published at most every
+        state_min_interval) or _AT_ONCE (a text state, a number with no deadband, or the set
+        of readings changed)."""
         if last.keys() != readings.keys():
-            return True
-        deadbands = p.deadbands
+            return _AT_ONCE
+        moved = None
         for metric, value in readings.items():
             before = last[metric]
             if value == before:
                 continue
-            band = deadbands.get(metric)
             if (
-                band is None
-                or not isinstance(value, float | int)
+                not isinstance(value, float | int)
                 or not isinstance(before, float | int)
                 or isinstance(value, bool)
-                or abs(value - before) >= band
+                or isinstance(before, bool)
             ):
-                return True
-        return False
+                return _AT_ONCE
+            band = deadbands.get(metric)
+            if band is None:  # a number with no deadband (a fader, a count) is not noise
+                return _AT_ONCE
+            if abs(value - before) >= band:
+                moved = _NUMBER
+        return moved
 
     def pushed(self, p: Poller, partial: Readings) -> None:
         """Readings that arrived between polls (a command's effect, a notification)."""

@@ -81,7 +81,7 @@ class Daemon:
         self.forecaster = Forecaster(self.site, self.clock)
         self.ventilation = VentilationEstimator(self.site, self.clock)
         self.discovery = HomeAssistantDiscovery(self.site)
-        self.engine = PollEngine(self._engine_readings, self._engine_failure, config.poll_jitter)
+        self.engine = PollEngine(self.site.readings, self._engine_failure, config.poll_jitter)
         self._stopping = asyncio.Event()
         self._tasks: asyncio.TaskGroup | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -366,10 +366,6 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     # ---- polling -----------------------------------------------------------------------------
-
-    def _engine_readings(self, p: Poller, readings: Readings, took: float) -> None:
-        p.observe(took)
-        self.site.readings(p, readings)
 
     def _engine_failure(self, p: Poller, error: str, parked: bool) -> None:
         self.site.failed(p, error)

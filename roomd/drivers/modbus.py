@@ -189,51 +189,61 @@ def _registers(pdu: bytes, block: ReadBlock) -> bytes:
 
 
 class _DeadlineSweep:
-    """Timeouts of fast-path requests: one timer every SWEEP seconds for every link that has a
-    request waiting, instead of a timer per request (replies on a LAN take a millisecond; a
-    timeout may fire up to SWEEP late)."""
+    """Timeouts of fast-path requests: a wheel of SWEEP-wide buckets served by one timer,
+    instead of a timer per request (replies on a LAN take a millisecond; a timeout may fire
+    up to SWEEP late). A request costs one append; a bucket falls due once."""
 
     SWEEP = 0.05
 
     def __init__(self) -> None:
-        self.links: set[_TcpLink] = set()
+        self.buckets: dict[int, list[tuple[_TcpLink, int]]] = {}
         self.timer: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def now(self) -> float:
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            loop = self.loop = asyncio.get_running_loop()
-        return loop.time()
-
-    def watch(self, link: _TcpLink) -> None:
-        self.links.add(link)
-        loop = asyncio.get_running_loop()
-        if self.timer is None or self.loop is not loop:
-            self.loop = loop
-            self.timer = loop.call_later(self.SWEEP, self._tick)
+    def watch(self, link: _TcpLink, tid: int, deadline: float) -> None:
+        # The link's own loop: asyncio.get_running_loop() costs a getpid() system call a
+        # call on Python 3.11.
+        if self.loop is not link.loop:  # a new event loop (tests): the old one's are gone
+            self.buckets.clear()
+            self.timer, self.loop = None, link.loop
+        point = int(deadline / self.SWEEP) + 1
+        bucket = self.buckets.get(point)
+        if bucket is not None:
+            bucket.append((link, tid))
+            return
+        self.buckets[point] = [(link, tid)]
+        if self.timer is None:
+            self.timer = link.loop.call_later(self.SWEEP, self._tick)
 
     def _tick(self) -> None:
         assert self.loop is not None
         now = self.loop.time()
-        self.links = {link for link in self.links if link.sweep(now)}
-        self.timer = self.loop.call_later(self.SWEEP, self._tick) if self.links else None
+        due = now / self.SWEEP
+        for point in [p for p in self.buckets if p <= due]:
+            for link, tid in self.buckets.pop(point):
+                entry = link.pending.get(tid)
+                if entry is not None and entry[2] <= now:  # not answered, not a reused id
+                    link._expire(tid)
+        self.timer = self.loop.call_later(self.SWEEP, self._tick) if self.buckets else None
 
 
 _SWEEP = _DeadlineSweep()
+_NO_DEADLINE = float("inf")  # a `request`'s own timer keeps its time
 
 
 class _TcpLink(asyncio.Protocol):
     """One Modbus TCP connection; requests matched to replies by transaction id."""
 
+    loop: asyncio.AbstractEventLoop
+
     def __init__(self) -> None:
         self.framer = _SOCKET_FRAMER
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        # transaction id → the future of a `request`, or the callback of a `send_fast`
-        self.pending: dict[int, asyncio.Future[ModbusPDU] | _Callback] = {}
-        self.units: dict[int, int] = {}  # transaction id → the unit it was sent to
-        self.deadlines: dict[int, tuple[float, float]] = {}  # fast requests: (deadline, timeout)
+        # transaction id → (the future of a `request` or the callback of a `send_fast`, the
+        # unit it was sent to, its deadline for the sweep, its timeout): one entry a request.
+        self.pending: dict[int, tuple[asyncio.Future[ModbusPDU] | _Callback, int, float, float]]
+        self.pending = {}
         self.next_tid = 0
         self.last_reply = 0.0  # loop time of the last frame received
 
@@ -253,6 +263,7 @@ class _TcpLink(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = stream_transport(transport)
+        self.loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -261,9 +272,8 @@ class _TcpLink(asyncio.Protocol):
     def _fail_all(self, exc: DeviceError) -> None:
         pending = list(self.pending.values())
         self.pending.clear()
-        self.units.clear()
-        for fut in pending:
-            _resolve(fut, exc)
+        for waiter, _unit, _deadline, _timeout in pending:
+            _resolve(waiter, exc)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer + data if self.buffer else data
@@ -280,28 +290,27 @@ class _TcpLink(asyncio.Protocol):
                 break
             pdu_bytes = buf[7:used]
             buf = buf[used:]
-            self.last_reply = asyncio.get_running_loop().time()
-            fut = self.pending.pop(tid, None)
-            expected = self.units.pop(tid, unit)
-            if fut is None:
+            self.last_reply = self.loop.time()
+            entry = self.pending.pop(tid, None)
+            if entry is None:
                 continue  # a late reply to a request that already timed out
+            waiter, expected = entry[0], entry[1]
             if unit != expected:
                 # Behind a gateway, a reply from the wrong unit is someone else's reading.
                 _resolve(
-                    fut,
+                    waiter,
                     DeviceProtocolError(f"reply from unit {unit} to a request for unit {expected}"),
                 )
                 continue
-            if not isinstance(fut, asyncio.Future):
-                self.deadlines.pop(tid, None)
-                fut(pdu_bytes)  # the fast path decodes its own reply
+            if not isinstance(waiter, asyncio.Future):
+                waiter(pdu_bytes)  # the fast path decodes its own reply
                 continue
-            if fut.done():
+            if waiter.done():
                 continue
             try:
-                fut.set_result(decode_response(pdu_bytes))
+                waiter.set_result(decode_response(pdu_bytes))
             except DeviceProtocolError as exc:
-                fut.set_exception(exc)
+                waiter.set_exception(exc)
         self.buffer = buf
 
     async def request(self, pdu: ModbusPDU, timeout: float) -> ModbusPDU:
@@ -309,14 +318,13 @@ class _TcpLink(asyncio.Protocol):
             raise DeviceUnreachable("not connected")
         self.next_tid = (self.next_tid + 1) & 0xFFFF or 1
         pdu.transaction_id = self.next_tid
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fut: asyncio.Future[ModbusPDU] = loop.create_future()
         tid = pdu.transaction_id
-        self.pending[tid] = fut
-        self.units[tid] = pdu.dev_id
+        self.pending[tid] = (fut, pdu.dev_id, _NO_DEADLINE, timeout)
         self.transport.write(self.framer.buildFrame(pdu))
         # A bare timer is much cheaper than asyncio.timeout() on this hot path.
-        timer = loop.call_later(timeout, self._expire, tid, timeout)
+        timer = loop.call_later(timeout, self._expire, tid)
         try:
             return await fut
         finally:
@@ -329,29 +337,15 @@ class _TcpLink(asyncio.Protocol):
         bytes or an error, exactly once, on the loop. Its deadline is kept by the sweep."""
         assert self.transport is not None
         self.next_tid = tid = (self.next_tid + 1) & 0xFFFF or 1
-        self.pending[tid] = on_reply
-        self.units[tid] = unit
-        if not self.deadlines:
-            _SWEEP.watch(self)
-        self.deadlines[tid] = (_SWEEP.now() + timeout, timeout)
+        deadline = self.loop.time() + timeout
+        self.pending[tid] = (on_reply, unit, deadline, timeout)
+        _SWEEP.watch(self, tid, deadline)
         self.transport.write(_READ_REQUEST.pack(tid, 0, 6, unit, fc, address, count))
 
-    def sweep(self, now: float) -> bool:
-        """Expire fast requests past their deadline; True while any is still waiting."""
-        deadlines = self.deadlines
-        for tid, (deadline, timeout) in list(deadlines.items()):
-            if tid not in self.pending:
-                del deadlines[tid]  # answered (or failed) meanwhile
-            elif deadline <= now:
-                del deadlines[tid]
-                self._expire(tid, timeout)
-        return bool(deadlines)
-
-    def _expire(self, tid: int, timeout: float) -> None:
-        self.units.pop(tid, None)
-        fut = self.pending.pop(tid, None)
-        if fut is not None:
-            _resolve(fut, DeviceTimeout(f"no reply within {timeout:g}s"))
+    def _expire(self, tid: int) -> None:
+        entry = self.pending.pop(tid, None)
+        if entry is not None:
+            _resolve(entry[0], DeviceTimeout(f"no reply within {entry[3]:g}s"))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -374,6 +368,11 @@ class TcpGateway:
 
     def _pick(self) -> _TcpLink | None:
         """The least busy open link, unless every one is busy and another may be opened."""
+        links = self.links
+        if len(links) == 1:  # the common case, on every poll: no list or key function
+            link = links[0]
+            if link.transport is not None and (not link.pending or self.max_connections == 1):
+                return link
         self.links = [link for link in self.links if link.transport is not None]
         if not self.links:
             return None
@@ -547,6 +546,12 @@ class ModbusDriver(Driver):
         self._gateway: TcpGateway | None = None
         self._bus: RtuBus | None = None
         self._switched_for_check: list[str] = []  # coils prepare_check turned, to turn back
+        # The fast path's poll in flight (start_poll)
+        self._fast_done: Callable[[Readings | BaseException], None] | None = None
+        self._fast_link: _TcpLink | None = None
+        self._fast_readings: Readings = {}
+        self._fast_index = 0
+        self._on_reply = self._fast_reply
         if config.port is not None:
             self._bus = self._shared_bus(config)
 
@@ -598,7 +603,7 @@ class ModbusDriver(Driver):
             except DeviceTimeout:
                 # One silent unit behind a gateway says nothing about the connection; a link
                 # that has heard nothing for several timeouts is dead: reconnect.
-                quiet = asyncio.get_running_loop().time() - link.last_reply
+                quiet = link.loop.time() - link.last_reply
                 if quiet > 3 * self.cfg.timeout:
                     link.close()
                 raise
@@ -639,38 +644,43 @@ class ModbusDriver(Driver):
         link = gateway._pick()
         if link is None or link.transport is None:
             return False
-        readings: Readings = {}
-        blocks = self.blocks
-        unit, timeout = self.unit, self.cfg.timeout
-        index = 0
-
-        def on_reply(result: bytes | BaseException) -> None:
-            nonlocal index
-            if isinstance(result, BaseException):
-                if isinstance(result, DeviceTimeout):
-                    quiet = asyncio.get_running_loop().time() - link.last_reply
-                    if quiet > 3 * timeout:  # see _request: a dead link, not a silent unit
-                        link.close()
-                done(result)
-                return
-            block = blocks[index]
-            try:
-                block.decode_raw(_registers(result, block), readings)
-            except DeviceError as exc:
-                done(exc)
-                return
-            index += 1
-            if index == len(blocks):
-                done(readings)
-            elif link.transport is None:
-                done(DeviceUnreachable("connection closed by the device"))
-            else:
-                nxt = blocks[index]
-                link.send_fast(nxt.function, nxt.address, nxt.count, unit, timeout, on_reply)
-
-        first = blocks[0]
-        link.send_fast(first.function, first.address, first.count, unit, timeout, on_reply)
+        # One poll in flight a device (the engine's rule): its state lives on the driver and
+        # the reply callback is one bound method made once, not a closure a poll.
+        self._fast_done, self._fast_link = done, link
+        self._fast_readings, self._fast_index = {}, 0
+        first = self.blocks[0]
+        link.send_fast(
+            first.function, first.address, first.count, self.unit, self.cfg.timeout, self._on_reply
+        )
         return True
+
+    def _fast_reply(self, result: bytes | BaseException) -> None:
+        done, link = self._fast_done, self._fast_link
+        assert done is not None and link is not None
+        if isinstance(result, BaseException):
+            if isinstance(result, DeviceTimeout):
+                quiet = link.loop.time() - link.last_reply
+                if quiet > 3 * self.cfg.timeout:  # see _request: a dead link, not a silent unit
+                    link.close()
+            done(result)
+            return
+        blocks, readings = self.blocks, self._fast_readings
+        block = blocks[self._fast_index]
+        try:
+            block.decode_raw(_registers(result, block), readings)
+        except DeviceError as exc:
+            done(exc)
+            return
+        index = self._fast_index = self._fast_index + 1
+        if index == len(blocks):
+            done(readings)
+        elif link.transport is None:
+            done(DeviceUnreachable("connection closed by the device"))
+        else:
+            nxt = blocks[index]
+            link.send_fast(
+                nxt.function, nxt.address, nxt.count, self.unit, self.cfg.timeout, self._on_reply
+            )
 
     async def write(self, name: str, value: float | None = None) -> int:
         """Write one of the model's named registers (e.g. an unoccupied setpoint) or coils

@@ -107,23 +107,17 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
     env = SimSensor.of("generic-iaq", **NORMAL)
     tcp = await ModbusTcpSim([env]).start()
     bus = ModbusRtuSim([SimSensor.of("xy-md02", temperature_c=22.5, humidity_pct=45.0)]).start()
-    cfg = write_config(
-        tmp_path / "roomd.yaml",
-        site(
-            tmp_path,
-            mosquitto,
-            [
-                dev("env", "generic-iaq", tcp, "100ms"),
-                {
-                    "id": "climate",
-                    "driver": "modbus",
-                    "model": "xy-md02",
-                    "port": bus.path,
-                    "poll": "100ms",
-                },
-            ],
-        ),
-    )
+    config = site(
+        tmp_path,
+        mosquitto,
+        [
+            dev("env", "generic-iaq", tcp, "100ms"),
+            {"id": "climate", "driver": "modbus", "model": "xy-md02", "port": bus.path,
+             "poll": "100ms"},
+        ],
+    )  # fmt: skip
+    config["mqtt"]["state_min_interval"] = "1s"
+    cfg = write_config(tmp_path / "roomd.yaml", config)
     rec = recorder_factory(mosquitto.port, topic="roomd/#")
     try:
         async with running(cfg) as daemon:
@@ -162,11 +156,22 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
             assert 'roomd_co2_ppm{device="env",room="r301",site="hq"} 605.0' in body
             await asyncio.sleep(0.3)
             assert len(rec.on(f"{BASE}/r301/env/state")) == before
-            # ...a move past it is published.
+            # ...a move past it is published...
             env.set(co2_ppm=615)
             await rec.wait_for(
                 lambda m: (
                     m.topic == f"{BASE}/r301/env/state" and m.json()["readings"]["co2_ppm"] == 615
+                )
+            )
+            # ...at most every state_min_interval (1 s here): noise polled every 100 ms is not
+            # every poll on the bus.
+            published = len(rec.on(f"{BASE}/r301/env/state"))
+            env.set(co2_ppm=630)
+            await asyncio.sleep(0.4)
+            assert len(rec.on(f"{BASE}/r301/env/state")) == published
+            await rec.wait_for(
+                lambda m: (
+                    m.topic == f"{BASE}/r301/env/state" and m.json()["readings"]["co2_ppm"] == 630
                 )
             )
 

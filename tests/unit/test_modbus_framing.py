@@ -41,10 +41,9 @@ def reply_frame(tid: int, regs: list[int], unit: int = 1) -> bytes:
 
 
 def test_request_bytes_are_modbus_tcp() -> None:
-    link = _TcpLink()
-    link.connection_made(FakeTransport())
-
     async def go() -> None:
+        link = _TcpLink()
+        link.connection_made(FakeTransport())  # on the loop, as a transport calls it
         task = asyncio.create_task(
             link.request(ReadInputRegistersRequest(address=1, count=2, dev_id=1), 1)
         )

@@ -220,8 +220,17 @@ class Connection(asyncio.Protocol):
         buf = self._buffer + data if self._buffer else data
         pos, end = 0, len(buf)
         try:
+            on_puback = self.on_puback
             while end - pos >= 2:
                 first = buf[pos]
+                if first == PUBACK and buf[pos + 1] == 2:
+                    # One a message sent: the packet that comes most, read without the
+                    # general length loop.
+                    if end - pos < 4:
+                        break
+                    on_puback((buf[pos + 2] << 8) | buf[pos + 3])
+                    pos += 4
+                    continue
                 # Remaining length: 1-4 bytes, 7 bits each.
                 length, shift, i, complete = 0, 0, pos + 1, False
                 while i < end and i - pos <= 4:
