@@ -54,6 +54,7 @@ class Polled:
     stopped: bool = False
     parked: bool = False  # after an authentication failure, until a reload
     paced: bool = False  # the driver sets its own next interval (Driver.next_interval)
+    poll: float = 0.0  # config.poll, read on every poll
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     done: Callable[[Any], None] | None = field(default=None, repr=False)
 
@@ -86,6 +87,7 @@ class PollEngine:
         loop = self._loop = self._loop or asyncio.get_running_loop()
         p = Polled(config, driver, owner)
         p.paced = type(driver).next_interval is not Driver.next_interval
+        p.poll = config.poll
         p.done = functools.partial(self._finished, p)  # no Python frame of its own
         self._schedule(p, loop.time() + random.uniform(0, min(config.poll, FIRST_SPREAD)))
         return p
@@ -192,7 +194,7 @@ class PollEngine:
         if isinstance(result, dict):
             p.failures = 0
             self.on_readings(p.owner, result, time.perf_counter() - p.started)
-            poll = p.config.poll
+            poll = p.poll
             jitter = self.jitter
             step = p.driver.next_interval(poll) if p.paced else poll
             if jitter:

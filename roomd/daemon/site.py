@@ -34,6 +34,14 @@ STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this of
 _NUMBER, _AT_ONCE = object(), object()  # what moved since the last published state
 
 
+_NUMBERS = frozenset((float, int))
+
+
+def _is_number(value: object) -> bool:
+    kind = type(value)
+    return kind is float or kind is int or (kind is not bool and isinstance(value, float | int))
+
+
 ROOM_STATES = ("ready", "degraded", "not_ready", "offline", "waiting")
 _MAJOR = frozenset(("I", "II"))
 
@@ -54,7 +62,7 @@ def room_state(online: list[bool | None], severities: Iterable[str]) -> str:
     return "ready"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Poller:
     """One device: its config and driver, and what the site knows of it."""
 
@@ -203,25 +211,22 @@ class Site:
         """What moved since the last published state: None (nothing past its deadband),
         _NUMBER (a measured value past its deadband: published at most every
         state_min_interval) or _AT_ONCE (a text state, a number with no deadband, or the set
-        of readings changed)."""
-        if last.keys() != readings.keys():
+        of readings changed). Called on most polls: type checks, not isinstance."""
+        if len(last) != len(readings):
             return _AT_ONCE
         moved = None
         for metric, value in readings.items():
-            before = last[metric]
+            before = last.get(metric, _AT_ONCE)
             if value == before:
                 continue
-            if (
-                not isinstance(value, float | int)
-                or not isinstance(before, float | int)
-                or isinstance(value, bool)
-                or isinstance(before, bool)
+            band = deadbands.get(metric)
+            if band is None or before is _AT_ONCE:  # not noise, or a reading new to the set
+                return _AT_ONCE
+            if (type(value) not in _NUMBERS or type(before) not in _NUMBERS) and not (
+                _is_number(value) and _is_number(before)  # a number of another type (numpy)
             ):
                 return _AT_ONCE
-            band = deadbands.get(metric)
-            if band is None:  # a number with no deadband (a fader, a count) is not noise
-                return _AT_ONCE
-            if abs(value - before) >= band:
+            if moved is None and abs(value - before) >= band:  # type: ignore[operator]
                 moved = _NUMBER
         return moved
 
