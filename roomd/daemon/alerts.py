@@ -273,11 +273,12 @@ class AlertBook:
         detail: str = "",
     ) -> list[Transition]:
         """Evaluate readings; a value of None means "not applicable now" and clears."""
-        dev = self._rules.get((room, device))
+        key = (room, device)
+        dev = self._rules.get(key)
         if dev is None or not dev.compiled:
             return []
         raising = dev.raising
-        if not raising and not self._by_device.get((room, device)):
+        if not raising and not self._by_device.get(key):
             # The common case: nothing active or pending on this device, every value inside
             # its quiet band. Exactly what the full pass below would conclude, cheaper.
             bands = dev.bands

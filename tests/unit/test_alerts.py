@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
 from roomd.daemon.alerts import AlertBook
 from roomd.daemon.clock import FakeClock
 from roomd.daemon.profiles import Threshold, load_profile
@@ -192,3 +197,45 @@ def test_a_value_beyond_its_limit_never_reads_as_equal_to_it() -> None:
     assert t.alert.message == "Floor area per person 1.46 m² below 1.5 m²"  # was "1.5 below 1.5"
     (t,) = book.observe("r301", "env", {"temperature_c": 24.004})
     assert t.alert.message == "Temperature 24.004 °C above 24 °C"
+
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 1.0, 10.0, 31.0, 61.0]),  # seconds since the last poll
+        # values on, just inside and just outside each limit and its hysteresis
+        st.sampled_from([None, 800, 950, 951, 1000, 1001, 1499, 1500, 1501]),
+        st.sampled_from([None, 19.4, 19.9, 20.0, 20.5, 22.0, 23.5, 24.0, 24.1]),
+        st.sampled_from([300, 500, 600]),  # illuminance: below, on and above its minimum
+        st.booleans(),  # the room idle (in_use_only rules off)
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_STEPS)
+@example([(0.0, None, 20.0, 600, False), (61.0, None, 20.0, 600, False)])  # inclusive edge
+def test_quiet_band_shortcut_decides_as_the_full_rules_do(steps: list[Any]) -> None:
+    """The shortcut for a device with nothing active or pending (every value inside its quiet
+    band → no transition) must give exactly the transitions of the rule-by-rule pass."""
+    thresholds = {
+        "co2_ppm": Threshold(max=1000, critical_max=1500, hysteresis=50, hold=30, clear_hold=10),
+        "temperature_c": Threshold(min=20, max=24, hysteresis=0.5, hold=60, inclusive=True),
+        "illuminance_lux": Threshold(min=500, hold=0, in_use_only=True),
+    }
+    fast, fast_clock = book_with(**thresholds)
+    full, full_clock = book_with(**thresholds)
+    for dev in full._rules.values():  # no band: every reading goes through every rule
+        dev.bands = {metric: None for metric in dev.compiled}
+    for dt, co2, temp, lux, idle in steps:
+        readings: dict[str, Any] = {"co2_ppm": co2, "temperature_c": temp, "illuminance_lux": lux}
+        for book, clock in ((fast, fast_clock), (full, full_clock)):
+            clock.advance(dt)
+            if idle:
+                book.idle_rooms.add("r301")
+            else:
+                book.idle_rooms.discard("r301")
+        got = [(t.kind, t.alert.id) for t in fast.observe("r301", "env", readings)]
+        want = [(t.kind, t.alert.id) for t in full.observe("r301", "env", readings)]
+        assert got == want
+    assert set(fast.active) == set(full.active)
