@@ -383,12 +383,24 @@ class RoomBookings:
         """Does this room have bookings at all (else it counts as always in use)?"""
         return bool(self.sources) or self.pushed
 
+    # The merged list, and the lists it was merged from (held, so compared by content: an id
+    # could be reused): the planner asks several times a second per room; the lists change
+    # when a calendar is fetched or a booking system pushes.
+    _merged: tuple[tuple[tuple[str, list[Booking], int], ...], list[Booking]] = field(
+        default_factory=lambda: ((), []), repr=False, compare=False
+    )
+
     def all(self) -> list[Booking]:
-        merged: dict[str, Booking] = {}
-        for bookings in self.by_source.values():
-            for b in bookings:
-                merged.setdefault(b.id, b)
-        return sorted(merged.values(), key=lambda b: b.start)
+        if not self.by_source:
+            return []
+        key = tuple((source, got, len(got)) for source, got in self.by_source.items())
+        if self._merged[0] != key:
+            merged: dict[str, Booking] = {}
+            for bookings in self.by_source.values():
+                for b in bookings:
+                    merged.setdefault(b.id, b)
+            self._merged = (key, sorted(merged.values(), key=lambda b: b.start))
+        return list(self._merged[1])
 
     async def refresh(
         self,

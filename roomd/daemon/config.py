@@ -412,10 +412,10 @@ class Room:
     config: RoomConfig
     devices: tuple[DeviceConfig, ...]
     thresholds: dict[str, Threshold]
+    id: str = field(init=False)  # config.id, read in every per-room loop of the daemon
 
-    @property
-    def id(self) -> str:
-        return self.config.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.config.id)
 
     def device_thresholds(self, device: DeviceConfig) -> dict[str, Threshold]:
         if not device.thresholds:
