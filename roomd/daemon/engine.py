@@ -226,7 +226,7 @@ class PollEngine:
         if parked:
             p.parked = True
             return
-        self._schedule(p, self._loop.time() + backoff(p.failures, p.config.poll))
+        self._schedule(p, self._loop.time() + backoff(p.failures, p.poll))
 
     async def _close_driver(self, driver: Driver) -> None:
         with contextlib.suppress(Exception):

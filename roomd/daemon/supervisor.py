@@ -418,7 +418,7 @@ class Daemon:
         hourly = 0.0
         passes = 0
         while True:
-            if passes % 12 == 0:  # a minute: listing 5,000 descriptors every 5 s showed
+            if passes % 12 == 0:  # once a minute: listing 5,000 descriptors costs milliseconds
                 self.housekeeping.check_descriptors()
             passes += 1
             self.instances.tick()

@@ -174,6 +174,15 @@ async def test_contract_topics_alert_lifecycle_and_metrics(
                     m.topic == f"{BASE}/r301/env/state" and m.json()["readings"]["co2_ppm"] == 630
                 )
             )
+            # Readings a device pushes (a command's effect) are not held back.
+            env_poller = daemon.pollers[("r301", "env")]
+            daemon.site.pushed(env_poller, {"co2_ppm": 700})
+            await rec.wait_for(
+                lambda m: (
+                    m.topic == f"{BASE}/r301/env/state" and m.json()["readings"]["co2_ppm"] == 700
+                ),
+                timeout=0.5,
+            )
 
             env.set(co2_ppm=1240)
             topic = f"{BASE}/r301/alerts/r301.env.co2_ppm.max"

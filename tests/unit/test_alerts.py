@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from roomd.daemon.alerts import AlertBook
 from roomd.daemon.clock import FakeClock
 from roomd.daemon.profiles import Threshold, load_profile
+from roomd.daemon.site import _AT_ONCE, _NUMBER, Site
 
 
 def book_with(**thresholds: Threshold) -> tuple[AlertBook, FakeClock]:
@@ -239,3 +240,24 @@ def test_quiet_band_shortcut_decides_as_the_full_rules_do(steps: list[Any]) -> N
         want = [(t.kind, t.alert.id) for t in full.observe("r301", "env", readings)]
         assert got == want
     assert set(fast.active) == set(full.active)
+
+
+def test_what_moved_since_the_published_state() -> None:
+    """Measured values past their deadband may wait for state_min_interval; anything else that
+    changed (a text state, a number without a deadband, a bool, the set of readings) goes at
+    once; a move inside the deadband is nothing."""
+    moved = Site._moved
+    bands = {"co2_ppm": 10.0, "temperature_c": 0.1}
+    last = {"co2_ppm": 600, "temperature_c": 22.0, "power": "on", "lamp_hours": 100, "door": True}
+    assert moved(last, dict(last), bands) is None
+    assert moved(last, {**last, "co2_ppm": 605}, bands) is None
+    assert moved(last, {**last, "co2_ppm": 612}, bands) is _NUMBER
+    assert moved(last, {**last, "temperature_c": 22.2, "co2_ppm": 605}, bands) is _NUMBER
+    assert moved(last, {**last, "co2_ppm": 612, "power": "off"}, bands) is _AT_ONCE
+    assert moved(last, {**last, "lamp_hours": 101}, bands) is _AT_ONCE
+    assert moved(last, {**last, "door": False}, bands) is _AT_ONCE
+    assert moved(last, {**last, "co2_ppm": None}, bands) is _AT_ONCE
+    assert moved(last, {k: v for k, v in last.items() if k != "door"}, bands) is _AT_ONCE
+    assert moved(last, {**{k: v for k, v in last.items() if k != "door"}, "window": 1}, bands) is (
+        _AT_ONCE
+    )
