@@ -12,7 +12,12 @@ pinned to CPU 1; each contender in turn runs pinned to CPU 0. Measured per conte
   1500 ppm; the alert's retained message is timed) and memory over the window.
 
 Usage: python bench/compare.py --devices 5000 --warmup 20 --window 60
-       [--contenders roomd,naive,nodered,floor]
+       [--contenders roomd,naive,nodered,floor] [--rounds 3]
+
+With --rounds R the contenders take turns R times (roomd, naive, roomd, naive, ...): this VM's
+CPU cost of the same work drifts by up to 30 % over minutes, so each ratio is taken within a
+round (contenders measured minutes apart, not a quarter of an hour) and the summary gives
+every round's ratio and their median, and each contender's median CPU per poll.
 
 `floor` (bench/floor_poller.py) is not a peer but a yardstick: the least a Python process can
 spend on this job here (uvloop, a bare protocol per device, no rules, state or timeouts).
@@ -234,6 +239,30 @@ def measure(name: str, work: Path, ports_file: Path, mqtt_port: int, farm: FarmC
         shutil.rmtree(work / "state", ignore_errors=True)
 
 
+def ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each contender's median CPU per poll over the rounds; roomd's ratio to each peer in
+    every round (both measured in that round) and the median of those ratios."""
+    out: dict[str, Any] = {}
+    names = list(dict.fromkeys(r["contender"] for r in results))
+    cost = {(r["round"], r["contender"]): r["us_per_poll"] for r in results if r["us_per_poll"] > 0}
+    for name in names:
+        each = [v for (_, c), v in cost.items() if c == name]
+        out[f"{name}_us_per_poll_median"] = round(statistics.median(each), 1)
+    rounds = sorted({rnd for rnd, _ in cost})
+    for me in [n for n in names if n.startswith("roomd")]:
+        for peer in ("naive", "nodered", "floor"):
+            each = [
+                cost[(rnd, me)] / cost[(rnd, peer)]
+                for rnd in rounds
+                if (rnd, me) in cost and (rnd, peer) in cost
+            ]
+            if each:
+                out[f"{me}/{peer}"] = round(statistics.median(each), 2)
+                if len(each) > 1:
+                    out[f"{me}/{peer}_each_round"] = [round(x, 2) for x in each]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -247,6 +276,7 @@ def main() -> int:
     ap.add_argument("--cpu", default="0", help="CPU the contender is pinned to ('' = none)")
     ap.add_argument("--farm-cpu", default="1", help="CPU of the devices and the broker")
     ap.add_argument("--steady", action="store_true", help="constant values (default: noisy)")
+    ap.add_argument("--rounds", type=int, default=1, help="times the contenders take turns")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="roomd-compare-"))
@@ -275,13 +305,14 @@ def main() -> int:
             time.sleep(0.1)
         farm = FarmControl(control_port)
         farm_cpu0 = cpu_seconds(procs[1].pid)
-        for name in args.contenders.split(","):
-            if name == "nodered" and not (NODE_RED_DIR / "node_modules" / "node-red").exists():
-                print(f"nodered: skipped (no Node-RED in {NODE_RED_DIR})", file=sys.stderr)
-                continue
-            r = measure(name, work, ports_file, mqtt_port, farm, args)
-            print(json.dumps(r), flush=True)
-            results.append(r)
+        for round_no in range(1, args.rounds + 1):
+            for name in args.contenders.split(","):
+                if name == "nodered" and not (NODE_RED_DIR / "node_modules" / "node-red").exists():
+                    print(f"nodered: skipped (no Node-RED in {NODE_RED_DIR})", file=sys.stderr)
+                    continue
+                r = {"round": round_no, **measure(name, work, ports_file, mqtt_port, farm, args)}
+                print(json.dumps(r), flush=True)
+                results.append(r)
         summary = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
             f"Python {platform.python_version()}, {platform.platform()}",
@@ -290,11 +321,7 @@ def main() -> int:
             "farm_cpu_s": round(cpu_seconds(procs[1].pid) - farm_cpu0, 1),
             "results": results,
         }
-        by = {r["contender"]: r["us_per_poll"] for r in results}
-        for peer in ("naive", "nodered", "floor"):
-            for me in [c for c in by if c.startswith("roomd")]:
-                if peer in by:
-                    summary[f"{me}/{peer}"] = round(by[me] / by[peer], 2)
+        summary.update(ratios(results))
         print(json.dumps(summary, indent=2))
         return 0
     finally:

@@ -286,7 +286,12 @@ class AlertBook:
                 band = bands.get(metric, _NO_RULES)
                 if band is _NO_RULES or value is None:
                     continue
-                if band is None or isinstance(value, str) or not band[0] < value < band[1]:
+                # Plain numbers only (type tests: a failed isinstance() costs a __class__
+                # look-up); text, bools and numpy numbers take the full pass.
+                kind = type(value)
+                if band is None or (kind is not float and kind is not int):
+                    break
+                if not band[0] < value < band[1]:
                     break
             else:
                 return []

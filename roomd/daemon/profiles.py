@@ -315,10 +315,13 @@ class ReadBlock:
             return
         assert isinstance(plan, tuple)
         unpack, post = plan
-        # Every field in one unpack; then each as RegisterSpec.read would give it.
-        for (metric, integral, scale, add, decimals), value in zip(post, unpack(raw), strict=True):
-            if integral:
+        # Every field in one unpack; then each as RegisterSpec.read would give it. (One value
+        # a field by construction; zip's strict=True would parse keywords on every poll.)
+        for (metric, how, scale, add, decimals), value in zip(post, unpack(raw)):  # noqa: B905
+            if how is _AS_IS:
                 into[metric] = value
+            elif how is _DIVIDE:
+                into[metric] = value / scale
             elif decimals is None:
                 into[metric] = value * scale + add
             else:
@@ -335,16 +338,35 @@ class ReadBlock:
                 fmt += f"{2 * (offset - at)}x"
             fmt += _STRUCT[spec.type]
             at = offset + spec.width
-            integral = spec.type != "float32" and spec.scale == 1.0 and spec.offset == 0.0
-            post.append((spec.metric, integral, spec.scale, spec.offset, spec.decimals))
+            post.append((spec.metric, *_decoding(spec)))
         if 2 * at > self.reply_bytes:
             return False
         return struct.Struct(fmt).unpack_from, post
 
 
 _BlockPlan = tuple[
-    Callable[[bytes], tuple[Any, ...]], list[tuple[str, bool, float, float, int | None]]
+    Callable[[bytes], tuple[Any, ...]], list[tuple[str, str, float, float, int | None]]
 ]
+_AS_IS, _DIVIDE, _SCALE = "as is", "divide", "scale"
+
+
+def _decoding(spec: RegisterSpec) -> tuple[str, float, float, int | None]:
+    """How a block decoder turns a field's raw integer into its reading, exactly as
+    RegisterSpec.read does: as is; divided by 10^k (a scale of 10^-k rounded to k or more
+    decimals: the same double as round(), whose decimal formatting costs ≈ 1 µs); or scaled,
+    offset and rounded."""
+    if spec.type == "float32":
+        return _SCALE, spec.scale, spec.offset, spec.decimals
+    if spec.scale == 1.0 and spec.offset == 0.0:
+        return _AS_IS, 1.0, 0.0, None
+    if spec.offset == 0.0 and spec.decimals is not None:
+        # round(v × 10^-k, d) for an integer v and k ≤ d is the double nearest the decimal
+        # v / 10^k, and so is v / 10^k itself (IEEE division is correctly rounded; 10^k is
+        # exact for k ≤ 22).
+        for k in range(min(spec.decimals, 15) + 1):
+            if spec.scale == float(f"1e-{k}"):
+                return _DIVIDE, 10.0**k, 0.0, spec.decimals
+    return _SCALE, spec.scale, spec.offset, spec.decimals
 
 
 class BitBlock(ReadBlock):

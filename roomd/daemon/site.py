@@ -34,9 +34,6 @@ STATE_HEARTBEAT = 300.0  # seconds: re-publish a device's state at least this of
 _NUMBER, _AT_ONCE = object(), object()  # what moved since the last published state
 
 
-_NUMBERS = frozenset((float, int))
-
-
 def _is_number(value: object) -> bool:
     kind = type(value)
     return kind is float or kind is int or (kind is not bool and isinstance(value, float | int))
@@ -198,7 +195,7 @@ class Site:
             self.emit(transitions)
         if before is None or before[0] is not True or now - p.published_at > STATE_HEARTBEAT:
             self.publish_device(p)
-        elif readings != before[1]:  # against the published state: a held-back move stays due
+        else:  # against the published state: a held-back move stays due
             moved = self._moved(before[1], readings, p.deadbands)
             # Pushed readings (a command's effect, a notification) are not held back.
             if moved is _AT_ONCE or (
@@ -222,9 +219,9 @@ class Site:
             band = deadbands.get(metric)
             if band is None or before is _AT_ONCE:  # not noise, or a reading new to the set
                 return _AT_ONCE
-            if (type(value) not in _NUMBERS or type(before) not in _NUMBERS) and not (
-                _is_number(value) and _is_number(before)  # a number of another type (numpy)
-            ):
+            kind, was = type(value), type(before)
+            plain = (kind is float or kind is int) and (was is float or was is int)
+            if not plain and not (_is_number(value) and _is_number(before)):  # numpy's numbers
                 return _AT_ONCE
             if moved is None and abs(value - before) >= band:  # type: ignore[operator]
                 moved = _NUMBER

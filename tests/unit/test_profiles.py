@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from roomd.daemon.profiles import (
     BitBlock,
     ProfileError,
+    ReadBlock,
     RegisterSpec,
     Threshold,
     ThresholdOverride,
@@ -145,3 +146,27 @@ def test_a_block_decodes_in_one_unpack_as_field_by_field(name: str, data: st.Dat
             got = whole[metric]
             assert type(got) is type(value)
             assert got == value or (got != got and value != value)  # NaN from a float32
+
+
+@given(
+    st.sampled_from(["int16", "uint16", "int32", "uint32"]),
+    st.integers(0, 6),
+    st.integers(0, 6),
+    st.binary(min_size=4, max_size=4),
+)
+def test_a_decimal_scale_decodes_by_division_as_round_gives(
+    kind: str, k: int, extra: int, raw: bytes
+) -> None:
+    """A scale of 10^-k rounded to d ≥ k decimals is decoded by dividing by 10^k (round()
+    formats a decimal string, ≈ 1 µs a reading): the very same double as the field's reader,
+    for every raw value of every integer type."""
+    decimals = min(6, k + extra)
+    spec = RegisterSpec(
+        metric="m", function=3, address=0, type=kind, scale=float(f"1e-{k}"), decimals=decimals
+    )
+    block = ReadBlock(3, 0, 2)
+    block.fields.append((spec, 0))
+    got: dict[str, object] = {}
+    block.decode_raw(raw, got)
+    want = spec.read(raw, 0)
+    assert type(got["m"]) is type(want) and got["m"] == want
