@@ -169,7 +169,7 @@ def quiet_bands(compiled: Mapping[str, list[Rule]]) -> dict[str, tuple[float, fl
 class _DeviceRules:
     """One device's rules: shared compiled rules, and its alert ids built on first use."""
 
-    __slots__ = ("bands", "compiled", "idle_metrics", "pairs", "prefix", "raising")
+    __slots__ = ("alerting", "bands", "compiled", "idle_metrics", "pairs", "prefix", "raising")
 
     def __init__(
         self,
@@ -187,6 +187,7 @@ class _DeviceRules:
         # alert id → since when its limit has been crossed, waiting for the rule's hold time.
         # Kept per device: a device with none and no active alert takes the quiet path.
         self.raising: dict[str, _Pending] = {}
+        self.alerting = 0  # its active alerts (AlertBook._count keeps it)
 
     def pairs_for(self, metric: str) -> list[tuple[Rule, str]] | None:
         rules = self.compiled.get(metric)
@@ -238,7 +239,10 @@ class AlertBook:
     def _count(self, alert: Alert, delta: int) -> None:
         self._by_room[alert.room] = max(0, self._by_room.get(alert.room, 0) + delta)
         key = (alert.room, alert.device)
-        self._by_device[key] = max(0, self._by_device.get(key, 0) + delta)
+        count = self._by_device[key] = max(0, self._by_device.get(key, 0) + delta)
+        dev = self._rules.get(key)
+        if dev is not None:
+            dev.alerting = count
 
     def set_rules(self, room: str, device: str, thresholds: Mapping[str, Threshold]) -> None:
         # Keyed by the threshold objects themselves (kept alive in the value, so an id is
@@ -253,6 +257,7 @@ class AlertBook:
             bands = quiet_bands(compiled)
             cached = self._compiled[key] = (compiled, idle, tuple(thresholds.values()), bands)
         dev = _DeviceRules(cached[0], cached[1], f"{room}.{device}.", cached[3])
+        dev.alerting = self._by_device.get((room, device), 0)
         before = self._rules.get((room, device))
         if before is not None and before.raising:  # a reload keeps hold times already running
             ids = {f"{dev.prefix}{m}.{r.rule}" for m, rules in dev.compiled.items() for r in rules}
@@ -278,7 +283,7 @@ class AlertBook:
         if dev is None or not dev.compiled:
             return []
         raising = dev.raising
-        if not raising and not self._by_device.get(key):
+        if not raising and not dev.alerting:
             # The common case: nothing active or pending on this device, every value inside
             # its quiet band. Exactly what the full pass below would conclude, cheaper.
             bands = dev.bands

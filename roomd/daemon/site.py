@@ -105,7 +105,7 @@ class Site:
         metrics: Metrics,
         mqtt: MqttSink,
     ) -> None:
-        self.config = config
+        self.config = config  # the property below: keeps what polls read at hand
         self.clock = clock
         self.store = store
         self.book = book
@@ -155,6 +155,16 @@ class Site:
             out.append((room.id, ROOM_STATES.index(state), in_meeting, limits))
         return out
 
+    @property
+    def config(self) -> SiteConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: SiteConfig) -> None:
+        self._config = config
+        # Read on most polls; a pydantic model's attributes are slow to reach (__getattr__).
+        self._state_min_interval = config.mqtt.state_min_interval
+
     def room_mean(self, room_id: str, metric: str) -> float | None:
         """The mean of a numeric reading over the room's online devices (None: no device
         reports it now): the room's CO₂ for forecasts and the ventilation estimate."""
@@ -199,7 +209,7 @@ class Site:
             moved = self._moved(before[1], readings, p.deadbands)
             # Pushed readings (a command's effect, a notification) are not held back.
             if moved is _AT_ONCE or (
-                moved and (took < 0 or now - p.published_at >= self.config.mqtt.state_min_interval)
+                moved and (took < 0 or now - p.published_at >= self._state_min_interval)
             ):
                 self.publish_device(p)
 
@@ -269,9 +279,9 @@ class Site:
             p.state_topic = f"{self.mqtt.base}/{p.room.id}/{p.config.id}/state"
         self.mqtt.publish_state(p.state_topic, payload)
         for listener in self.room_listeners:
-            listener(p.room.id)
+            listener(p.room_id)
         if availability_changed:
-            self.publish_room(p.room.id)
+            self.publish_room(p.room_id)
 
     def room_summary(self, room_id: str) -> dict[str, Any]:
         devices: dict[str, str] = {}

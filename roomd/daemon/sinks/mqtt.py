@@ -59,6 +59,7 @@ class MqttSink:
         shard: tuple[int, int] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.state_qos = cfg.state_qos  # read on every state publish (pydantic is slow to read)
         self.base = f"{cfg.topic_prefix}/{site}"
         self.store = store
         self.clock = clock
@@ -129,7 +130,7 @@ class MqttSink:
         conn = self._conn
         if conn is not None and self.connected.is_set():
             if conn.writable.is_set():
-                qos = self.cfg.state_qos
+                qos = self.state_qos
                 conn.publish(topic, data, qos, True, self._mid() if qos else 0)
             else:
                 self._unsent.add(topic)
