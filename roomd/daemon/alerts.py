@@ -145,15 +145,19 @@ def _message(rule: Rule, value: float | str) -> str:
     return f"{rule.label} {_fmt(value, rule.unit, n)} {side} {_fmt(limit, rule.unit, n)}"
 
 
-def quiet_bands(compiled: Mapping[str, list[Rule]]) -> dict[str, tuple[float, float] | None]:
-    """Per metric, the open band of values no rule of it finds violated (None: a metric whose
-    rules mix numeric limits and states, always checked rule by rule). A value strictly inside
-    is quiet; the band is conservative at its edges (an inclusive limit's own value is checked
-    in full)."""
-    bands: dict[str, tuple[float, float] | None] = {}
+# The band of a metric whose rules mix numeric limits and states: no value is inside it.
+NO_QUIET_BAND = (float("inf"), float("-inf"))
+
+
+def quiet_bands(compiled: Mapping[str, list[Rule]]) -> dict[str, tuple[float, float]]:
+    """Per metric, the open band of values no rule of it finds violated (NO_QUIET_BAND: a
+    metric whose rules mix numeric limits and states, always checked rule by rule). A value
+    strictly inside is quiet; the band is conservative at its edges (an inclusive limit's own
+    value is checked in full)."""
+    bands: dict[str, tuple[float, float]] = {}
     for metric, rules in compiled.items():
         if any(r.kind == "state" for r in rules):
-            bands[metric] = None
+            bands[metric] = NO_QUIET_BAND
             continue
         lo, hi = float("-inf"), float("inf")
         for r in rules:
@@ -176,7 +180,7 @@ class _DeviceRules:
         compiled: dict[str, list[Rule]],
         idle_metrics: frozenset[str],
         prefix: str,
-        bands: dict[str, tuple[float, float] | None],
+        bands: dict[str, tuple[float, float]],
     ) -> None:
         self.compiled = compiled
         self.prefix = prefix
@@ -202,10 +206,9 @@ class _Pending:
     since: float  # monotonic time the condition started
 
 
-Bands = dict[str, tuple[float, float] | None]
+Bands = dict[str, tuple[float, float]]
 # compiled rules, idle-only metrics, the thresholds (kept alive for their ids), quiet bands
 _Compiled = tuple[dict[str, list[Rule]], frozenset[str], Any, Bands]
-_NO_RULES: Any = object()  # a metric no rule watches
 _MORE_SEVERE: dict[Severity, Severity] = {"IV": "III", "III": "II", "II": "I", "I": "I"}
 
 
@@ -288,15 +291,15 @@ class AlertBook:
             # its quiet band. Exactly what the full pass below would conclude, cheaper.
             bands = dev.bands
             for metric, value in readings.items():
-                band = bands.get(metric, _NO_RULES)
-                if band is _NO_RULES or value is None:
+                band = bands.get(metric)
+                if band is None or value is None:  # no rule watches it; not applicable now
                     continue
                 # Plain numbers only (type tests: a failed isinstance() costs a __class__
                 # look-up); text, bools and numpy numbers take the full pass.
                 kind = type(value)
-                if band is None or (kind is not float and kind is not int):
+                if kind is not float and kind is not int:
                     break
-                if not band[0] < value < band[1]:
+                if not band[0] < value < band[1]:  # type: ignore[operator]
                     break
             else:
                 return []

@@ -229,9 +229,10 @@ class Site:
             band = deadbands.get(metric)
             if band is None or before is _AT_ONCE:  # not noise, or a reading new to the set
                 return _AT_ONCE
-            kind, was = type(value), type(before)
-            plain = (kind is float or kind is int) and (was is float or was is int)
-            if not plain and not (_is_number(value) and _is_number(before)):  # numpy's numbers
+            kind = type(value)
+            if (kind is not type(before) or (kind is not float and kind is not int)) and not (
+                _is_number(value) and _is_number(before)  # an int that became a float, numpy's
+            ):
                 return _AT_ONCE
             if moved is None and abs(value - before) >= band:  # type: ignore[operator]
                 moved = _NUMBER

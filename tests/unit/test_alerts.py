@@ -5,7 +5,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from roomd.daemon.alerts import AlertBook
+from roomd.daemon.alerts import NO_QUIET_BAND, AlertBook
 from roomd.daemon.clock import FakeClock
 from roomd.daemon.profiles import Threshold, load_profile
 from roomd.daemon.site import _AT_ONCE, _NUMBER, Site
@@ -227,7 +227,7 @@ def test_quiet_band_shortcut_decides_as_the_full_rules_do(steps: list[Any]) -> N
     fast, fast_clock = book_with(**thresholds)
     full, full_clock = book_with(**thresholds)
     for dev in full._rules.values():  # no band: every reading goes through every rule
-        dev.bands = {metric: None for metric in dev.compiled}
+        dev.bands = {metric: NO_QUIET_BAND for metric in dev.compiled}
     for dt, co2, temp, lux, idle in steps:
         readings: dict[str, Any] = {"co2_ppm": co2, "temperature_c": temp, "illuminance_lux": lux}
         for book, clock in ((fast, fast_clock), (full, full_clock)):
@@ -257,6 +257,12 @@ def test_what_moved_since_the_published_state() -> None:
     assert moved(last, {**last, "lamp_hours": 101}, bands) is _AT_ONCE
     assert moved(last, {**last, "door": False}, bands) is _AT_ONCE
     assert moved(last, {**last, "co2_ppm": None}, bands) is _AT_ONCE
+    # A measured value that was text or None before (a sensor warming up) goes at once; one
+    # that became a float from an int is still a measured move.
+    assert moved({**last, "co2_ppm": "warming up"}, last, bands) is _AT_ONCE
+    assert moved({**last, "co2_ppm": None}, last, bands) is _AT_ONCE
+    assert moved(last, {**last, "co2_ppm": 612.5}, bands) is _NUMBER
+    assert moved(last, {**last, "co2_ppm": 605.5}, bands) is None
     assert moved(last, {k: v for k, v in last.items() if k != "door"}, bands) is _AT_ONCE
     assert moved(last, {**{k: v for k, v in last.items() if k != "door"}, "window": 1}, bands) is (
         _AT_ONCE
