@@ -315,9 +315,11 @@ class ReadBlock:
             return
         assert isinstance(plan, tuple)
         unpack, post = plan
-        # Every field in one unpack; then each as RegisterSpec.read would give it. (One value
-        # a field by construction; zip's strict=True would parse keywords on every poll.)
-        for (metric, how, scale, add, decimals), value in zip(post, unpack(raw)):  # noqa: B905
+        # Every field in one unpack; then each as RegisterSpec.read would give it (the plan
+        # holds each field's place in the unpacked tuple: indexing is cheaper than zip here).
+        values = unpack(raw)
+        for metric, index, how, scale, add, decimals in post:
+            value = values[index]
             if how is _AS_IS:
                 into[metric] = value
             elif how is _DIVIDE:
@@ -330,7 +332,8 @@ class ReadBlock:
     def _make_plan(self) -> _BlockPlan | bool:
         """One struct for the whole block when its fields are big-endian and do not overlap
         (the Modbus norm); False: decode field by field."""
-        fmt, at, post = ">", 0, []
+        fmt, at = ">", 0
+        post: list[tuple[str, int, str, float, float, int | None]] = []
         for spec, offset in sorted(self.fields, key=lambda f: f[1]):
             if spec.word_order != "big" or spec.byte_order != "big" or offset < at:
                 return False
@@ -338,14 +341,14 @@ class ReadBlock:
                 fmt += f"{2 * (offset - at)}x"
             fmt += _STRUCT[spec.type]
             at = offset + spec.width
-            post.append((spec.metric, *_decoding(spec)))
+            post.append((spec.metric, len(post), *_decoding(spec)))
         if 2 * at > self.reply_bytes:
             return False
         return struct.Struct(fmt).unpack_from, post
 
 
 _BlockPlan = tuple[
-    Callable[[bytes], tuple[Any, ...]], list[tuple[str, str, float, float, int | None]]
+    Callable[[bytes], tuple[Any, ...]], list[tuple[str, int, str, float, float, int | None]]
 ]
 _AS_IS, _DIVIDE, _SCALE = "as is", "divide", "scale"
 
