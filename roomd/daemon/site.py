@@ -222,12 +222,14 @@ class Site:
         if len(last) != len(readings):
             return _AT_ONCE
         moved = None
+        # Subscripts, not .get(): a method call each costs more than the rare KeyError.
         for metric, value in readings.items():
-            before = last.get(metric, _AT_ONCE)
-            if value == before:
-                continue
-            band = deadbands.get(metric)
-            if band is None or before is _AT_ONCE:  # not noise, or a reading new to the set
+            try:
+                before = last[metric]
+                if value == before:
+                    continue
+                band = deadbands[metric]
+            except KeyError:  # a reading new to the set, or one that is not noise
                 return _AT_ONCE
             kind = type(value)
             if (kind is not type(before) or (kind is not float and kind is not int)) and not (

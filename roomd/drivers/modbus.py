@@ -300,7 +300,7 @@ class _TcpLink(asyncio.Protocol):
             if len(buf) < used:
                 break
             pdu_bytes = buf[7:used]
-            buf = buf[used:]
+            buf = buf[used:] if len(buf) > used else b""  # one frame a read, as a rule
             self.last_reply = self.loop.time()
             entry = self.pending.pop(tid, None)
             if entry is None:
