@@ -208,13 +208,7 @@ class PollEngine:
                 # device's phase. "Now" for every late device would bunch them into one tick
                 # for good, and each later tick would stall the loop longer.
                 at += math.ceil((now - at) / step) * step
-            # _schedule's common case here (its grid point already has polls): a call less.
-            slot = self._slots.get(math.ceil(at / TICK))
-            if slot is None:
-                self._schedule(p, at)
-            else:
-                p.next_at = at
-                slot.append(p)
+            self._schedule(p, at)
             return
         p.failures += 1
         parked = isinstance(result, DeviceAuthError)

@@ -351,12 +351,7 @@ class _TcpLink(asyncio.Protocol):
         self.next_tid = tid = (self.next_tid + 1) & 0xFFFF or 1
         deadline = self.loop.time() + timeout
         self.pending[tid] = (on_reply, unit, deadline, timeout)
-        # The sweep's bucket, found here (a call less on every request) when it is in use.
-        bucket = _SWEEP.buckets.get(int(deadline / _SWEEP.SWEEP) + 1)
-        if bucket is not None and _SWEEP.loop is self.loop:
-            bucket.append((self, tid))
-        else:
-            _SWEEP.watch(self, tid, deadline)
+        _SWEEP.watch(self, tid, deadline)
         self.transport.write(_TID.pack(tid) + request)  # cheaper than packing all seven
 
     def _expire(self, tid: int) -> None:
@@ -549,19 +544,16 @@ def _done(names: list[str]) -> str | None:
     return ", ".join(name.replace("_", " ") for name in names) or None
 
 
-_PLANS: dict[int, tuple[DeviceModel, list[ReadBlock], list[tuple[ReadBlock, int]]]] = {}
+_PLANS: dict[int, tuple[DeviceModel, list[ReadBlock]]] = {}
 
 
-def _planned(model: DeviceModel) -> tuple[list[ReadBlock], list[tuple[ReadBlock, int]]]:
+def _planned(model: DeviceModel) -> list[ReadBlock]:
     """The model's read plan, one for every device of that model (models are loaded once): the
-    blocks and their decoders stay warm in the cache across 5,000 devices. With each block,
-    the length of its good reply's PDU (function, byte count, data) for the fast path."""
+    blocks and their decoders stay warm in the cache across 5,000 devices."""
     entry = _PLANS.get(id(model))
     if entry is None or entry[0] is not model:
-        blocks = plan_reads(model)
-        sized = [(block, 2 + block.reply_bytes) for block in blocks]
-        entry = _PLANS[id(model)] = (model, blocks, sized)
-    return entry[1], entry[2]
+        entry = _PLANS[id(model)] = (model, plan_reads(model))
+    return entry[1]
 
 
 @register
@@ -576,9 +568,12 @@ class ModbusDriver(Driver):
         self.cfg: ModbusConfig = config
         self.model = config.device_model
         self.unit = config.unit if config.unit is not None else self.model.default_unit
-        self.blocks, sized = _planned(self.model)
-        # The fast path's plan: each block, its good reply's PDU length, its request frame.
-        self._fast_plan = [(b, size, read_request_tail(self.unit, b)) for b, size in sized]
+        self.blocks: list[ReadBlock] = _planned(self.model)
+        # The fast path's plan: each block, its good reply's PDU length (function, byte count,
+        # data) and its request frame.
+        self._fast_plan = [
+            (b, 2 + b.reply_bytes, read_request_tail(self.unit, b)) for b in self.blocks
+        ]
         self._gateway: TcpGateway | None = None
         self._bus: RtuBus | None = None
         self._switched_for_check: list[str] = []  # coils prepare_check turned, to turn back
@@ -678,9 +673,7 @@ class ModbusDriver(Driver):
         gateway = self._gateway
         if gateway is None or self._bus is not None:
             return False
-        links = gateway.links
-        # The common case inline (one open, idle link); else the gateway picks or says wait.
-        link = links[0] if len(links) == 1 and not links[0].pending else gateway._pick()
+        link = gateway._pick()
         if link is None or link.transport is None:
             return False
         # One poll in flight a device (the engine's rule): its state lives on the driver and

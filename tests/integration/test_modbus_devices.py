@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -130,6 +131,61 @@ async def test_tcp_faults_then_recovery(fault: str, error: type[Exception], matc
         sensor.fault = "none"
         sensor.set(co2_ppm=810)
         assert await d.poll() == {"co2_ppm": 810}
+    finally:
+        await d.close()
+        await sim.stop()
+
+
+async def fast_poll(d: ModbusDriver) -> object:
+    """One poll the way the daemon's engine makes it: `start_poll` and its callback."""
+    done: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    assert d.start_poll(done.set_result), "the fast path needs an open link"
+    return await asyncio.wait_for(done, 2)
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "match"),
+    [
+        ("exception", DeviceRefused, r"Modbus exception 4 \(device failure\) for function 4"),
+        ("wrong_unit", DeviceProtocolError, "reply from unit"),
+        ("silent", DeviceTimeout, "no reply within"),
+    ],
+)
+async def test_fast_path_decodes_and_refuses_as_poll_does(
+    fault: str, error: type[Exception], match: str
+) -> None:
+    """The engine's path (no task or future a poll; each reply checked inline) reads a model
+    as `poll()` does, and names a refused, misaddressed or missing reply as `poll()` would."""
+    values = {"temperature_c": 22.31, "humidity_pct": 47.5, "co2_ppm": 812,
+              "illuminance_lux": 70000, "color_temp_k": 4500}  # fmt: skip
+    sensor = SimSensor.of("generic-iaq", **values)
+    sim = await ModbusTcpSim([sensor]).start()
+    d = driver(DriverContext(), "generic-iaq", host=sim.address)
+    try:
+        assert await d.poll() == pytest.approx(values)  # opens the link
+        assert await fast_poll(d) == pytest.approx(values)
+        sensor.fault = fault  # type: ignore[assignment]
+        got = await fast_poll(d)
+        assert isinstance(got, error), got
+        assert re.search(match, str(got)), got
+    finally:
+        await d.close()
+        await sim.stop()
+
+
+async def test_fast_path_reads_every_block_of_a_model() -> None:
+    """Two requests a poll (coils, then discrete inputs), chained by the reply callback."""
+    sensor = SimSensor.of("io-8di-8do-room")
+    sensor.set_bits(door="open")
+    sim = await ModbusTcpSim([sensor]).start()
+    d = driver(DriverContext(), "io-8di-8do-room", host=sim.address)
+    try:
+        assert len(d.blocks) == 2
+        want = await d.poll()
+        assert want["door"] == "open"
+        assert await fast_poll(d) == want
+        sensor.set_bits(door="closed")
+        assert await fast_poll(d) == {**want, "door": "closed"}
     finally:
         await d.close()
         await sim.stop()
